@@ -1,0 +1,168 @@
+"""The ``owl`` command. Thin: parses arguments and calls the library.
+
+Errors a user can fix (bad config key, missing file, unknown preset) print as
+one line ``owl: error: ...`` with exit status 2; set ``OWL_DEBUG=1`` to see
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from owl.config import PRESETS, ConfigError, OwlConfig, preset
+
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, OSError)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """``["abstractor.num_queries=16", ...]`` -> nested dict, values parsed as YAML scalars."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tuple[OwlConfig, Path | None]:
+    """A preset name, a model directory or a config file -> (config, model dir or None)."""
+    path = Path(name_or_dir)
+    model_dir = None
+    if path.is_dir():
+        from owl.models.checkpoint import CONFIG_NAME, check_model_dir
+
+        model_dir = check_model_dir(path)
+        config = OwlConfig.load(path / CONFIG_NAME)
+    elif path.suffix in (".json", ".yaml", ".yml") and path.exists():
+        config = OwlConfig.load(path)
+    elif name_or_dir in PRESETS:
+        config = preset(name_or_dir)
+    elif path.suffix or os.sep in name_or_dir:
+        raise FileNotFoundError(f"{name_or_dir} not found (give a model directory, a config file or a preset: "
+                                f"{', '.join(PRESETS)})")
+    else:
+        config = preset(name_or_dir)  # raises with the list of presets
+    if overrides:
+        config = OwlConfig.from_dict(_deep_merge(config.to_dict(), _parse_overrides(overrides)))
+    return config, model_dir
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_new(args: argparse.Namespace) -> None:
+    import torch
+
+    from owl.models import build_model, save_pretrained
+
+    config, _ = resolve_config(args.preset, args.set)
+    torch.manual_seed(args.seed)
+    model, config, tokenizer = build_model(config, vision_from=args.vision_from, llm_from=args.llm_from)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    elif tokenizer is None and args.preset == "tiny":
+        from owl.tokenizer import byte_tokenizer
+
+        tokenizer = byte_tokenizer()
+    save_pretrained(model, args.out, tokenizer=tokenizer)
+    note = "" if tokenizer is not None else " (no tokenizer: pass --llm-from or --tokenizer to include one)"
+    print(f"wrote {args.out}{note}")
+
+
+def info_dict(name_or_dir: str) -> dict:
+    """Parameter counts per module without allocating weights (meta device)."""
+    import torch
+
+    from owl.models import build_model, count_parameters
+
+    config, model_dir = resolve_config(name_or_dir)
+    with torch.device("meta"):
+        model, config, _ = build_model(config)
+    counts = count_parameters(model)
+    return {
+        "source": str(model_dir) if model_dir else name_or_dir,
+        "parameters": {k: v["total"] for k, v in counts.items()},
+        "trainable": {k: v["trainable"] for k, v in counts.items()},
+        "visual_tokens_per_image": config.num_visual_tokens,
+        "vision": {"backbone": config.vision.backbone, "image_size": config.vision.image_size,
+                   "tokens": model.vision.num_tokens, "width": model.vision.hidden_size},
+        "llm": {"model_type": config.llm.hf_config["model_type"], "hidden_size": config.llm.hidden_size},
+        "template": config.processor.template,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    d = info_dict(args.model)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"{d['source']}: {d['vision']['backbone']} vision ({d['vision']['image_size']} px, "
+          f"{d['vision']['tokens']} tokens) -> abstractor -> {d['llm']['model_type']} LLM")
+    print(f"visual tokens per image: {d['visual_tokens_per_image']}")
+    print(f"{'module':<12}{'parameters':>16}{'trainable':>16}")
+    for k, v in d["parameters"].items():
+        print(f"{k:<12}{v:>16,}{d['trainable'][k]:>16,}")
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl-style multimodal LLMs: build, train, chat, eval.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    n = sub.add_parser("new", help="write a randomly initialised model directory")
+    n.add_argument("--preset", required=True, help=f"a preset ({', '.join(PRESETS)}) or a config file")
+    n.add_argument("--out", required=True, help="output model directory")
+    n.add_argument("--vision-from", help="local HF CLIP/SigLIP directory (or EfficientNet .pth) for the vision tower")
+    n.add_argument("--llm-from", help="local HF causal-LM directory or .gguf file for the LLM (and its tokenizer)")
+    n.add_argument("--tokenizer", help="local tokenizer directory (default: the LLM's, or a byte tokenizer for tiny)")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. "
+                   "abstractor.num_queries=32")
+    n.set_defaults(func=cmd_new)
+
+    i = sub.add_parser("info", help="parameter counts per module (no weights allocated)")
+    i.add_argument("model", help="a model directory, config file or preset name")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("owl: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("OWL_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"owl: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

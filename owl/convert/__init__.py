@@ -1,0 +1,1 @@
+"""Weight conversion between owl and other layouts (the reference mPLUG-Owl checkpoints)."""

@@ -1,0 +1,108 @@
+"""Image loading and preprocessing with PIL + numpy (torchvision does not install beside this torch).
+
+CLIP-style: resize to a square ``size`` with bicubic resampling (aspect ratio
+ignored, as in the reference), scale to [0, 1], normalise per channel. The
+training-time augmentation of the reference (random resized crop, scale
+0.5-1, and horizontal flip) is optional and draws from an explicit RNG so a
+resumed run sees the same crops.
+
+Untrusted images: a pixel cap is checked from the header before decoding, and
+every failure becomes a ``SampleError`` with a reason (``missing_image``,
+``bad_image``, ``image_too_large``) so a long run skips and counts it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from owl.conversation import ImageSource, SampleError
+
+
+@dataclass
+class Augment:
+    """Train-time augmentation. ``flip_prob`` should be 0 when answers mention left/right."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"augment.flip_prob={self.flip_prob} must be in [0, 1]")
+
+
+class ImageTransform:
+    """Turns an image source into a normalised ``(3, size, size)`` float tensor."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        max_pixels: int = 40_000_000,
+        augment: Augment | None = None,
+    ) -> None:
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.max_pixels = max_pixels
+        self.augment = augment
+
+    def load(self, src: ImageSource) -> Image.Image:
+        """Open and decode an image as RGB, or raise ``SampleError`` naming the image and the problem."""
+        if isinstance(src, Image.Image):
+            img, name = src, "<PIL image>"
+        else:
+            name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
+            if not isinstance(src, (bytes, bytearray)) and not Path(src).is_file():
+                raise SampleError("missing_image", f"image file not found: {src}")
+            try:
+                img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+            except Exception as e:  # PIL raises many types for bad data
+                raise SampleError("bad_image", f"cannot read image {name}: {e}") from e
+        w, h = img.size
+        if w * h > self.max_pixels:
+            raise SampleError("image_too_large", f"image {name} has {w}x{h} pixels, over the cap of {self.max_pixels}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img.load()
+            return img.convert("RGB")
+        except Exception as e:
+            raise SampleError("bad_image", f"cannot decode image {name}: {e}") from e
+
+    def _random_crop_box(self, w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        # The RandomResizedCrop rule: up to 10 tries at a random area and aspect ratio, else a centre crop.
+        area = w * h
+        lo, hi = (math.log(r) for r in self.augment.crop_ratio)
+        for _ in range(10):
+            target = area * rng.uniform(*self.augment.crop_scale)
+            ratio = math.exp(rng.uniform(lo, hi))
+            cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return x, y, x + cw, y + ch
+        s = min(w, h)
+        return (w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s
+
+    def __call__(self, src: ImageSource, rng: np.random.Generator | None = None) -> torch.Tensor:
+        img = self.load(src)
+        if self.augment is not None and rng is not None:
+            img = img.crop(self._random_crop_box(*img.size, rng))
+            if rng.uniform() < self.augment.flip_prob:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (3, H, W)

@@ -1,0 +1,113 @@
+"""The visual abstractor: a few learnable queries summarise an image for the LLM.
+
+mPLUG-Owl's new module. Each layer lets the (normalised) queries attend to
+themselves *and* to the image tokens, so the image is compressed into
+``num_queries`` vectors; a linear layer maps them to the LLM width and a learned
+end-of-image vector is appended: ``num_queries + 1`` tokens per image (65 in
+the paper, against 257 ViT tokens or LLaVA-1.5's 576).
+
+Faithful to the released code, including its quirks: the residual starts from
+the *normalised* queries, the SwiGLU MLP has a LayerNorm inside, and the
+image features are the same (un-updated) tensor for every layer, each layer
+with its own key-side LayerNorm. One generalisation: when the vision width
+differs from the abstractor width (e.g. a CNN with 1280 channels), a linear
+``in_proj`` maps the image tokens first (absent when the widths match, so
+reference checkpoints load unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from owl.config import AbstractorConfig
+
+
+class SwiGLU(nn.Module):
+    """w2(LN(SiLU(w1 x) * w3 x)), biases on all three projections."""
+
+    def __init__(self, hidden: int, inner: int, eps: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inner)
+        self.w3 = nn.Linear(hidden, inner)
+        self.ffn_ln = nn.LayerNorm(inner, eps=eps)
+        self.w2 = nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.ffn_ln(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class AbstractorLayer(nn.Module):
+    def __init__(self, cfg: AbstractorConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.dropout = cfg.attention_dropout
+        self.norm1 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)  # on the queries
+        self.normk = nn.LayerNorm(h, eps=cfg.layer_norm_eps)  # on the image tokens
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(h, h)
+        self.value = nn.Linear(h, h)
+        self.out_proj = nn.Linear(h, h)
+        self.norm2 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.mlp = SwiGLU(h, cfg.intermediate_size, cfg.ffn_layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        # x: (N, Q, H) queries, image: (N, T, H) vision tokens
+        n, q_len, h = x.shape
+        nh, hd = self.num_heads, h // self.num_heads
+        q = self.norm1(x)
+        kv = torch.cat([q, self.normk(image)], dim=1)  # (N, Q+T, H): queries attend to themselves and the image
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (N, L, H) -> (N, nh, L, hd)
+            return t.view(n, -1, nh, hd).transpose(1, 2)
+
+        attn = F.scaled_dot_product_attention(
+            heads(self.query(q)), heads(self.key(kv)), heads(self.value(kv)),
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (N, nh, Q, hd)
+        attn = attn.transpose(1, 2).reshape(n, q_len, h)
+        x = q + self.out_proj(attn)  # residual from the normalised queries, as in the reference
+        return x + self.mlp(self.norm2(x))
+
+
+class VisualAbstractor(nn.Module):
+    """(N, T, C_vision) image tokens -> (N, num_queries + 1, d_llm) LLM-ready tokens."""
+
+    def __init__(self, cfg: AbstractorConfig, vision_width: int, llm_width: int) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_queries, h))
+        self.in_proj = nn.Linear(vision_width, h) if vision_width != h else nn.Identity()
+        self.layers = nn.ModuleList([AbstractorLayer(cfg) for _ in range(cfg.num_layers)])
+        self.visual_fc = nn.Linear(h, llm_width)
+        self.vit_eos = nn.Parameter(torch.zeros(1, 1, llm_width))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """BERT-style init (normal 0.02, zero bias, unit LayerNorm).
+
+        The released code zero-initialises the queries, which would keep all
+        queries identical when training from scratch (nothing breaks the
+        symmetry but dropout), so the queries get the same normal init here.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.query_tokens, std=std)
+        nn.init.normal_(self.vit_eos, std=std)
+
+    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        image = self.in_proj(image_tokens)  # (N, T, H)
+        x = self.query_tokens.expand(image.shape[0], -1, -1)  # (N, Q, H)
+        for layer in self.layers:
+            x = layer(x, image)
+        x = self.visual_fc(x)  # (N, Q, D)
+        eos = self.vit_eos.expand(x.shape[0], -1, -1)  # (N, 1, D)
+        return torch.cat([x, eos], dim=1)  # (N, Q+1, D)

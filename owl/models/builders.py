@@ -1,0 +1,138 @@
+"""Builders: compose an ``OwlModel`` from a config, and optionally from local pretrained parts.
+
+Plain functions, no subclass towers: ``build_model(preset("tiny"))`` returns a
+randomly initialised model; ``vision_from=`` / ``llm_from=`` take the vision
+tower and the LLM from local directories (HF CLIP/SigLIP, any HF causal LM, or
+a GGUF file) and record their real sizes in the returned config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from owl.config import LLMConfig, OwlConfig
+from owl.models.abstractor import VisualAbstractor
+from owl.models.owl import OwlModel
+from owl.models.vision import build_vision, load_vision
+
+log = logging.getLogger(__name__)
+
+# Keys of a HF config dict that describe where it came from rather than the architecture.
+_VOLATILE_KEYS = ("_name_or_path", "transformers_version", "quantization_config", "architectures", "_commit_hash",
+                  "dtype", "torch_dtype")
+
+
+def hf_config_dict(config: Any) -> dict[str, Any]:
+    """A transformers config as a plain dict that rebuilds the same architecture anywhere."""
+    d = config.to_dict()
+    for key in _VOLATILE_KEYS:
+        d.pop(key, None)
+    return d
+
+
+def build_llm(cfg: LLMConfig) -> nn.Module:
+    """A randomly initialised causal LM for the HF config dict in ``cfg``."""
+    d = dict(cfg.hf_config)
+    model_type = d.pop("model_type")
+    try:
+        hf = AutoConfig.for_model(model_type, **d)
+    except ValueError as e:
+        raise ValueError(f"llm.hf_config: unknown model_type {model_type!r} for this transformers version") from e
+    return AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("OWL_CACHE", Path.home() / ".cache" / "owl"))
+    return root / "gguf" / f"{path.stem}-{key}"
+
+
+def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local HF directory or a ``.gguf`` file (fp32).
+
+    A GGUF file is dequantised once by transformers and cached as a safetensors
+    directory (under ``$OWL_CACHE``, default ``~/.cache/owl``), so later loads
+    take seconds instead of the ~30 s dequantisation.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LLM not found: {path} (give a local HF model directory or a .gguf file)")
+    if path.suffix == ".gguf":
+        cache = _gguf_cache_dir(path)
+        if (cache / "config.json").exists():
+            return load_llm(cache)
+        log.info("dequantising %s (once; cached in %s)", path.name, cache)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        llm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        if getattr(llm.config, "quantization_config", None) is not None:
+            del llm.config.quantization_config
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        llm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, cache)  # atomic: a half-written cache is never seen
+        except OSError:  # another process filled the cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return llm, tok
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a HF model directory (no config.json)")
+    llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return llm, tok
+
+
+def build_model(
+    config: OwlConfig,
+    *,
+    vision_from: str | Path | None = None,
+    llm_from: str | Path | None = None,
+) -> tuple[OwlModel, OwlConfig, PreTrainedTokenizerBase | None]:
+    """Compose a model. Returns the model, the config it really has, and the LLM's tokenizer if loaded.
+
+    Without ``*_from`` every part is randomly initialised from ``config``. With
+    them, the loaded parts' own sizes replace the config's, and the abstractor
+    is sized to fit both.
+    """
+    config = copy.deepcopy(config)
+    tokenizer = None
+    if vision_from is not None:
+        vision, config.vision = load_vision(vision_from, config.vision)
+    else:
+        vision = build_vision(config.vision)
+    if llm_from is not None:
+        llm, tokenizer = load_llm(llm_from)
+        config.llm = LLMConfig(hf_config_dict(llm.config) | {"model_type": llm.config.model_type})
+    else:
+        llm = build_llm(config.llm)
+    abstractor = VisualAbstractor(config.abstractor, vision.hidden_size, config.llm.hidden_size)
+    return OwlModel(config, vision, abstractor, llm), config, tokenizer
+
+
+def count_parameters(model: OwlModel) -> dict[str, dict[str, int]]:
+    """Total and trainable parameter counts per module (shared/tied tensors counted once)."""
+    seen: set[int] = set()
+    out: dict[str, dict[str, int]] = {}
+    for name in ("vision", "abstractor", "llm"):
+        total = trainable = 0
+        for p in getattr(model, name).parameters():
+            key = id(p)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+        out[name] = {"total": total, "trainable": trainable}
+    out["total"] = {k: sum(v[k] for v in out.values()) for k in ("total", "trainable")}
+    return out

@@ -1,0 +1,152 @@
+"""Model directories: ``config.json`` + safetensors weights (+ tokenizer, + optional peft adapter).
+
+Layout of a directory written by :func:`save_pretrained`::
+
+    config.json                       OwlConfig (the LLM's full HF config inside)
+    model.safetensors                 or model-00001-of-0000N.safetensors + model.safetensors.index.json
+    tokenizer.json, tokenizer_config.json, ...
+    adapter/                          only for unmerged LoRA: a standard peft adapter directory
+
+Writes are atomic (a temporary sibling directory renamed into place), so a
+crash never leaves a half-written model. Weights are read only from
+safetensors: loading a directory never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from owl.config import OwlConfig
+from owl.models.owl import OwlModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+ADAPTER_DIR = "adapter"
+
+
+def base_state_dict(model: OwlModel) -> dict[str, torch.Tensor]:
+    """The model's weights under stable names: LoRA layers excluded, peft prefixes removed, tied copies dropped."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    parts = {"vision": model.vision, "abstractor": model.abstractor, "llm": model.causal_lm}
+    for prefix, module in parts.items():
+        for name, tensor in module.state_dict().items():
+            if "lora_" in name:
+                continue
+            name = name.replace(".base_layer.", ".")
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if key in seen:  # tied weights (e.g. lm_head == embed_tokens): the model re-ties on load
+                continue
+            seen.add(key)
+            out[f"{prefix}.{name}"] = tensor.detach().contiguous()
+    return out
+
+
+def _atomic_dir(path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, path: Path) -> None:
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_pretrained(
+    model: OwlModel,
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_shard_size: str | int = "5GB",
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    """Write a model directory atomically. ``extra_files`` maps file names to text (e.g. lineage)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_dir(path)
+    model.config.save(tmp / CONFIG_NAME)
+    state = base_state_dict(model)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size,
+                                               filename_pattern="model{suffix}.safetensors")
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, str(tmp / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    if hasattr(model.llm, "peft_config"):
+        model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    _commit_dir(tmp, path)
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read all weights of a model directory (single file or sharded)."""
+    if (path / INDEX_NAME).exists():
+        index = json.loads((path / INDEX_NAME).read_text())
+        state: dict[str, torch.Tensor] = {}
+        for filename in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(path / filename)))
+        return state
+    if (path / WEIGHTS_NAME).exists():
+        return load_file(str(path / WEIGHTS_NAME))
+    raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if not (path / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"{path} is not an owl model directory (no {CONFIG_NAME}); create one with `owl new`")
+    return path
+
+
+def load_model(path: str | Path, load_adapter: bool = True) -> OwlModel:
+    """Rebuild the model from ``config.json`` and load its safetensors weights (and LoRA adapter, if any)."""
+    from owl.models.builders import build_model
+
+    path = check_model_dir(path)
+    config = OwlConfig.load(path / CONFIG_NAME)
+    model, _, _ = build_model(config)
+    state = load_state(path)
+    fresh = model.state_dict()
+    unexpected = sorted(set(state) - set(fresh))
+    if unexpected:
+        raise ValueError(f"{path}: weights not in the model built from its config.json: {unexpected[:5]}")
+    missing = sorted(set(fresh) - set(state))
+    ptr = {k: (t.untyped_storage().data_ptr(), t.storage_offset()) for k, t in fresh.items()}
+    loaded_ptrs = {ptr[k] for k in state}
+    untied = [k for k in missing if ptr[k] not in loaded_ptrs]
+    if untied:
+        raise ValueError(f"{path}: weights missing from the checkpoint: {untied[:5]}")
+    model.load_state_dict(state, strict=False)
+    if load_adapter and (path / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        model.llm = PeftModel.from_pretrained(model.llm, str(path / ADAPTER_DIR))
+    return model
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    path = check_model_dir(path)
+    if not (path / "tokenizer_config.json").exists():
+        raise FileNotFoundError(f"{path} has no tokenizer files; pass a tokenizer or save one with the model")
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,159 @@
+"""The composed model: vision encoder -> visual abstractor -> spliced into the LLM's embeddings.
+
+Text arrives with each ``<image>`` already expanded (by the processor) into a
+run of ``num_visual_tokens`` positions holding ``IMAGE_PLACEHOLDER_ID``. The
+abstractor outputs overwrite the embeddings at those positions, images taken
+in order: sample by sample, and within a sample in prompt order. Because the
+splice goes by position count rather than by "runs", two adjacent ``<image>``
+placeholders keep one image each (the reference merged them and lost one).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from owl.config import OwlConfig
+
+IMAGE_PLACEHOLDER_ID = -200
+"""Token id marking visual positions in ``input_ids``; never a real vocabulary id."""
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class OwlOutput:
+    """``loss`` is the mean over target tokens; the sums let callers normalise over a global batch."""
+
+    loss: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None
+    num_target_tokens: torch.Tensor | None = None
+    sample_loss_sum: torch.Tensor | None = None  # (B,) for per-source losses
+    sample_target_tokens: torch.Tensor | None = None  # (B,)
+    logits: torch.Tensor | None = None
+
+
+class OwlModel(nn.Module):
+    """Vision tower + abstractor + any causal LM. Build it with ``owl.models.build_model``."""
+
+    def __init__(self, config: OwlConfig, vision: nn.Module, abstractor: nn.Module, llm: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = vision
+        self.abstractor = abstractor
+        self.llm = llm
+        self._llm_keeps_logits = "logits_to_keep" in inspect.signature(type(self.causal_lm).forward).parameters
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers causal LM itself, unwrapped from a peft wrapper if there is one."""
+        get_base = getattr(self.llm, "get_base_model", None)
+        return get_base() if callable(get_base) else self.llm
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.config.num_visual_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_visual_tokens, d_llm)."""
+        return self.abstractor(self.vision(pixel_values))
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the visual tokens spliced into the placeholder positions. (B, T) -> (B, T, D)."""
+        is_image = input_ids == IMAGE_PLACEHOLDER_ID  # (B, T)
+        embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))  # (B, T, D)
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if image_counts is None:
+            image_counts = torch.full((input_ids.shape[0],), -1, dtype=torch.long)
+            if input_ids.shape[0] == 1:
+                image_counts[0] = n_images
+        self._check_counts(is_image, image_counts, n_images)
+        if n_images == 0:
+            return embeds
+        visual = self.encode_images(pixel_values.to(embeds.dtype)).to(embeds.dtype)  # (N, V, D)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))
+
+    def _check_counts(self, is_image: torch.Tensor, image_counts: torch.Tensor, n_images: int) -> None:
+        v = self.num_visual_tokens
+        positions = is_image.sum(dim=1).tolist()
+        counts = [int(c) for c in image_counts.tolist()]
+        if -1 in counts:
+            raise ValueError("image_counts (images per sample) is required for a batch of more than one sample")
+        if sum(counts) != n_images:
+            raise ValueError(f"image_counts sum to {sum(counts)} but {n_images} images were given")
+        for b, (pos, c) in enumerate(zip(positions, counts)):
+            if pos != c * v:
+                placeholders = f"{pos / v:g}" if pos % v == 0 else f"{pos} visual positions (not a multiple of {v}) ="
+                raise ValueError(
+                    f"sample {b}: {placeholders} <image> placeholders but {c} images; every <image> must be expanded "
+                    f"to {v} positions by the processor and matched by exactly one image"
+                )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_logits: bool = True,
+    ) -> OwlOutput:
+        """Loss (when ``labels`` are given) and logits.
+
+        With ``return_logits=False`` and labels, the LM head runs only at the
+        positions some sample has a target for (the LLM's ``logits_to_keep``),
+        which saves a large share of a small LLM's step time.
+        """
+        embeds = self.embed(input_ids, pixel_values, image_counts)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
+        if labels is None:
+            return OwlOutput(logits=self.llm(**kwargs).logits)
+
+        shift_labels = labels[:, 1:]  # position t predicts token t+1
+        if not return_logits and self._llm_keeps_logits:
+            keep = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
+            logits = self.llm(**kwargs, logits_to_keep=keep).logits  # (B, P, V)
+            targets = shift_labels[:, keep]
+        else:
+            logits = self.llm(**kwargs).logits  # (B, T, V)
+            targets = shift_labels
+            logits = logits[:, :-1]
+        token_loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="none",
+        ).view(targets.shape)  # (B, P)
+        sample_loss = token_loss.sum(dim=1)
+        sample_tokens = (targets != IGNORE_INDEX).sum(dim=1)
+        loss_sum = sample_loss.sum()
+        n = sample_tokens.sum()
+        return OwlOutput(
+            loss=loss_sum / n.clamp(min=1), loss_sum=loss_sum, num_target_tokens=n,
+            sample_loss_sum=sample_loss.detach(), sample_target_tokens=sample_tokens,
+            logits=logits if return_logits else None,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path: str, tokenizer=None, max_shard_size: str | int = "5GB") -> None:  # noqa: ANN001
+        """Write config.json, model safetensors (sharded when large) and the tokenizer, atomically."""
+        from owl.models.checkpoint import save_pretrained
+
+        save_pretrained(self, path, tokenizer=tokenizer, max_shard_size=max_shard_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> OwlModel:
+        from owl.models.checkpoint import load_model
+
+        return load_model(path)

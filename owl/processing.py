@@ -1,0 +1,165 @@
+"""The one tokenisation path: Sample -> (input ids with expanded ``<image>``, labels, pixels) -> batch.
+
+Training, generation, the server and evaluation all call :meth:`OwlProcessor.encode`
+and :meth:`OwlProcessor.collate`; only ``for_generation`` differs (append the
+generation prompt, pad on the left, keep no labels).
+
+Walk of one sample: template segments (owl.template) -> each text segment
+tokenised on its own (so segment boundaries are token boundaries) -> each image
+slot becomes ``num_visual_tokens`` copies of ``IMAGE_PLACEHOLDER_ID`` -> labels
+copy the ids of target segments, everything else ``-100`` -> truncation that
+never cuts an image run and rejects a sample left without targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from owl.config import OwlConfig, ProcessorConfig, VisionConfig
+from owl.conversation import Sample, SampleError
+from owl.images import Augment, ImageTransform
+from owl.models.owl import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
+from owl.template import Segment, render
+
+
+@dataclass
+class Encoded:
+    """One tokenised sample. ``pixel_values`` is ``(num_images, 3, S, S)`` or None."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None
+    source: str = ""
+    id: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
+
+    @property
+    def num_targets(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+class OwlProcessor:
+    """Images + template + tokeniser + ``<image>`` expansion + label masks, for every caller."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ProcessorConfig,
+        vision: VisionConfig,
+        num_visual_tokens: int,
+        augment: Augment | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.num_visual_tokens = num_visual_tokens
+        self.images = ImageTransform(vision.image_size, vision.image_mean, vision.image_std,
+                                     config.max_image_pixels, augment)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token; set one (answers end with EOS)")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+
+    @classmethod
+    def from_config(cls, config: OwlConfig, tokenizer: PreTrainedTokenizerBase,
+                    augment: Augment | None = None) -> OwlProcessor:
+        return cls(tokenizer, config.processor, config.vision, config.num_visual_tokens, augment)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, augment: Augment | None = None) -> OwlProcessor:
+        from owl.models.checkpoint import CONFIG_NAME, check_model_dir, load_tokenizer
+
+        path = check_model_dir(path)
+        return cls.from_config(OwlConfig.load(path / CONFIG_NAME), load_tokenizer(path), augment)
+
+    # ------------------------------------------------------------------ one sample
+    def segments(self, sample: Sample, for_generation: bool) -> list[Segment]:
+        return render(self.config.template, self.tokenizer, sample.messages, self.config.system_prompt,
+                      add_generation_prompt=for_generation)
+
+    def encode(self, sample: Sample, for_generation: bool = False, rng: np.random.Generator | None = None) -> Encoded:
+        """Tokenise one sample; raise ``SampleError`` (with a reason key) if it cannot be used."""
+        sample.validate()
+        if for_generation and sample.messages[-1].role == "assistant":
+            raise SampleError("ends_with_answer", "a prompt for generation must end with a user turn")
+        segs = self.segments(sample, for_generation)
+        texts = [s.text for s in segs if s.kind == "text"]
+        pieces = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        ids: list[int] = []
+        labels: list[int] = []
+        bos = self.tokenizer.bos_token_id
+        if self.config.template == "mplug-owl-v1" and bos is not None:
+            ids.append(bos)
+            labels.append(IGNORE_INDEX)
+        image_starts: list[int] = []
+        for seg in segs:
+            if seg.kind == "image":
+                image_starts.append(len(ids))
+                new = [IMAGE_PLACEHOLDER_ID] * self.num_visual_tokens
+            elif seg.kind == "eos":
+                new = [self.tokenizer.eos_token_id]
+            else:
+                new = list(next(pieces))
+            ids += new
+            labels += new if (seg.target and not for_generation and seg.kind != "image") else [IGNORE_INDEX] * len(new)
+
+        n_images = len(sample.images)
+        limit = self.config.max_length
+        truncated = len(ids) > limit
+        if truncated:
+            if for_generation:
+                raise SampleError("prompt_too_long", f"prompt is {len(ids)} tokens, over processor.max_length={limit}")
+            cut = limit
+            for start in image_starts:  # never cut an image run: stop before a partial one
+                if start < cut < start + self.num_visual_tokens:
+                    cut = start
+            ids, labels = ids[:cut], labels[:cut]
+            n_images = sum(1 for s in image_starts if s + self.num_visual_tokens <= cut)
+        if not for_generation and all(x == IGNORE_INDEX for x in labels):
+            why = f"no answer tokens left after truncation to processor.max_length={limit}" if truncated \
+                else "sample has no answer to learn from"
+            raise SampleError("no_target", why)
+        pixels = None
+        if n_images:
+            pixels = torch.stack([self.images(src, rng) for src in sample.images[:n_images]])
+        return Encoded(ids, labels, pixels, sample.source, sample.id, sample.meta)
+
+    # ------------------------------------------------------------------ batches
+    def collate(self, items: list[Encoded], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad to the longest sample. Right padding for training, left for generation."""
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        width = max(len(e.input_ids) for e in items)
+        n = len(items)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        for i, e in enumerate(items):
+            L = len(e.input_ids)
+            sl = slice(0, L) if padding_side == "right" else slice(width - L, width)
+            input_ids[i, sl] = torch.tensor(e.input_ids)
+            labels[i, sl] = torch.tensor(e.labels)
+            attention[i, sl] = 1
+        pix = [e.pixel_values for e in items if e.pixel_values is not None]
+        batch = {
+            "input_ids": input_ids, "attention_mask": attention, "labels": labels,
+            "image_counts": torch.tensor([e.num_images for e in items], dtype=torch.long),
+            "pixel_values": torch.cat(pix) if pix else None,
+        }
+        return batch
+
+    def __call__(self, samples: list[Sample], for_generation: bool = False) -> dict[str, torch.Tensor]:
+        """Encode and collate; errors propagate (callers that must skip bad samples use ``encode``)."""
+        enc = [self.encode(s, for_generation) for s in samples]
+        return self.collate(enc, "left" if for_generation else "right")
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

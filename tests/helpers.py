@@ -1,0 +1,25 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def random_image(seed: int, size: tuple[int, int] = (40, 32)) -> Image.Image:
+    """A deterministic noise image of ``size`` (width, height)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
+    """Run the installed ``owl`` command (the real entry point) and return the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "owl"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "owl.cli"]
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {})
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env)

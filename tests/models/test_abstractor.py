@@ -1,0 +1,115 @@
+"""The visual abstractor against the paper's equations, plus golden values for a fixed init."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from owl.config import AbstractorConfig
+from owl.models.abstractor import VisualAbstractor
+
+CFG = AbstractorConfig(hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=3,
+                       attention_dropout=0.1)
+
+
+def reference(sd: dict, image: torch.Tensor, cfg: AbstractorConfig) -> torch.Tensor:
+    """The abstractor as the spec describes it, in plain tensor algebra (no shared code with owl)."""
+    n, h, heads = image.shape[0], cfg.hidden_size, cfg.num_heads
+    hd = h // heads
+
+    def lin(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    def ln(x, name, eps):
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + eps) * sd[name + ".weight"] + sd[name + ".bias"]
+
+    x = sd["query_tokens"].expand(n, -1, -1)
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        q = ln(x, p + "norm1", cfg.layer_norm_eps)
+        kv = torch.cat([q, ln(image, p + "normk", cfg.layer_norm_eps)], dim=1)
+        Q = lin(q, p + "query").view(n, -1, heads, hd).permute(0, 2, 1, 3)
+        K = lin(kv, p + "key").view(n, -1, heads, hd).permute(0, 2, 1, 3)
+        V = lin(kv, p + "value").view(n, -1, heads, hd).permute(0, 2, 1, 3)
+        a = torch.softmax(torch.einsum("nhqd,nhkd->nhqk", Q, K) / math.sqrt(hd), -1)
+        att = torch.einsum("nhqk,nhkd->nhqd", a, V).permute(0, 2, 1, 3).reshape(n, -1, h)
+        x = q + lin(att, p + "out_proj")
+        y = ln(x, p + "norm2", cfg.layer_norm_eps)
+        inner = F.silu(lin(y, p + "mlp.w1")) * lin(y, p + "mlp.w3")
+        x = x + lin(ln(inner, p + "mlp.ffn_ln", cfg.ffn_layer_norm_eps), p + "mlp.w2")
+    out = lin(x, "visual_fc")
+    return torch.cat([out, sd["vit_eos"].expand(n, -1, -1)], dim=1)
+
+
+def _model(seed=0, vision_width=16):
+    torch.manual_seed(seed)
+    m = VisualAbstractor(CFG, vision_width=vision_width, llm_width=8).eval()
+    with torch.no_grad():  # perturb LayerNorms so they are not the identity
+        for name, p in m.named_parameters():
+            if "norm" in name or "ffn_ln" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    return m
+
+
+def test_matches_spec_equations():
+    m = _model()
+    image = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m(image), reference(m.state_dict(), image, CFG), atol=1e-5, rtol=1e-4)
+
+
+def test_output_shape_is_queries_plus_end_of_image():
+    m = _model()
+    out = m(torch.randn(3, 7, 16))
+    assert out.shape == (3, CFG.num_queries + 1, 8)
+    assert torch.equal(out[:, -1], m.vit_eos[0].expand(3, -1))
+
+
+def test_in_proj_only_when_widths_differ():
+    assert isinstance(_model().in_proj, torch.nn.Identity)
+    m = _model(vision_width=40)
+    assert m.in_proj.in_features == 40 and m(torch.randn(1, 6, 40)).shape == (1, 4, 8)
+
+
+def test_golden_values_fixed_init():
+    torch.manual_seed(0)
+    m = VisualAbstractor(CFG, vision_width=16, llm_width=8).eval()
+    image = torch.linspace(-1, 1, 2 * 5 * 16).view(2, 5, 16)
+    with torch.no_grad():
+        out = m(image)
+    golden = torch.tensor(GOLDEN)
+    torch.testing.assert_close(out[0, :, :4], golden, atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_only_in_training():
+    m = _model()
+    image = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(m(image), m(image))
+        m.train()
+        torch.manual_seed(1)
+        a = m(image)
+        torch.manual_seed(2)
+        assert not torch.allclose(a, m(image))
+
+
+def test_queries_are_not_symmetric_at_init():
+    m = VisualAbstractor(CFG, 16, 8)
+    out = m(torch.randn(1, 5, 16))
+    assert not torch.allclose(out[0, 0], out[0, 1])
+
+
+@pytest.mark.parametrize("bad", [dict(num_queries=0), dict(hidden_size=10, num_heads=4), dict(attention_dropout=1.5)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError, match="abstractor"):
+        AbstractorConfig(**bad)
+
+
+# owl's own output at commit time (seed 0, BERT-style init); guards against silent changes of init or math.
+GOLDEN = [[-0.029732, 0.020745, 0.164657, -0.045573], [0.016256, -0.116178, 0.103768, -0.005768],
+          [0.117637, 0.047276, 0.11294, -0.041539], [-0.014371, 0.033794, -0.039874, -0.004571]]

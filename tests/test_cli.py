@@ -1,0 +1,76 @@
+"""The `owl` command end to end: new, info, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import run_cli
+
+
+def test_info_7b_preset_reports_reference_sizes_without_allocating():
+    r = run_cli("info", "mplug-owl-llama-7b", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    p = d["parameters"]
+    assert 7.10e9 < p["total"] < 7.14e9
+    assert round(p["vision"] / 1e6) == 303 and round(p["abstractor"] / 1e5) == 815 and round(p["llm"] / 1e7) == 674
+    assert d["visual_tokens_per_image"] == 65 and d["vision"]["tokens"] == 257
+
+
+def test_new_then_info(tmp_path):
+    out = tmp_path / "d"
+    r = run_cli("new", "--preset", "tiny", "--out", out, "--set", "abstractor.num_queries=8")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("info", out, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["visual_tokens_per_image"] == 9 and d["parameters"]["total"] > 0
+    r = run_cli("info", out)
+    assert "abstractor" in r.stdout and "visual tokens per image: 9" in r.stdout
+
+
+def test_new_from_local_hf_parts(tmp_path):
+    import torch
+    from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    from owl.config import VisionConfig
+    from owl.models.vision import ClipVisionTower
+    from owl.tokenizer import byte_tokenizer
+
+    torch.manual_seed(0)
+    CLIPVisionModel(ClipVisionTower.hf_config(VisionConfig(image_size=28, hidden_size=24, num_layers=1, num_heads=2,
+                                                           intermediate_size=48, patch_size=14))).save_pretrained(
+        tmp_path / "clip")
+    LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=40, intermediate_size=80, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llm")
+    byte_tokenizer().save_pretrained(tmp_path / "llm")
+    r = run_cli("new", "--preset", "tiny", "--out", tmp_path / "m", "--vision-from", tmp_path / "clip",
+                "--llm-from", tmp_path / "llm")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(run_cli("info", tmp_path / "m", "--json").stdout)
+    assert d["vision"]["width"] == 24 and d["llm"]["hidden_size"] == 40
+    assert (tmp_path / "m" / "tokenizer.json").exists()
+
+
+def test_errors_are_one_readable_line_from_the_real_command(tmp_path):
+    r = run_cli("info", "no-such-preset")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "owl: error: unknown preset 'no-such-preset'; known presets: mplug-owl-llama-7b, tiny"
+
+
+def test_errors_are_one_readable_line(tmp_path, capsys):
+    from owl.cli import main
+
+    cases = [
+        (["info", tmp_path / "missing-dir/"], "not found"),
+        (["info", tmp_path], "not an owl model directory"),
+        (["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor.num_querie=3"],
+         "did you mean abstractor.num_queries"),
+        (["new", "--preset", "tiny", "--out", tmp_path / "x", "--llm-from", tmp_path / "nope"], "LLM not found"),
+        (["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor"],
+         "must look like section.key=value"),
+    ]
+    for args, expected in cases:
+        assert main([str(a) for a in args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("owl: error:") and expected in lines[0], (args, lines)

@@ -1,0 +1,150 @@
+"""build_world end to end: files, reference format, determinism, held-out eval, scoring gold."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from owl.world import ABILITIES, PREAMBLE, WorldConfig, build_world, eval_item_to_sample, load_eval, score, summarize
+
+SIZES = {"n_captions": 40, "n_instructions": 110, "n_text": 20, "n_eval": 120}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    manifest = build_world(out, WorldConfig(), seed=3, **SIZES, progress=False)
+    return out, manifest
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _parse(text: str) -> tuple[int, list[tuple[str, str]]]:
+    """(number of image lines, [(speaker, line)]) from a reference-format conversation."""
+    lines = text.split("\n")
+    assert lines[0] == PREAMBLE
+    images, turns = 0, []
+    for line in lines[1:]:
+        speaker, sep, content = line.partition(": ")
+        assert sep and speaker in ("Human", "AI"), line
+        if content == "<image>":
+            assert speaker == "Human" and not turns, "image lines come first"
+            images += 1
+        else:
+            turns.append((speaker, content))
+    return images, turns
+
+
+def test_files_and_manifest(world):
+    out, manifest = world
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    counts = manifest["counts"]
+    assert counts["captions"] == 40 and counts["instruct"] == 110 and counts["text"] == 20 and counts["eval"] == 120
+    pngs = list((out / "images").glob("*.png"))
+    assert len(pngs) == counts["train_images"] + counts["eval_images"]
+    assert manifest["eval_abilities"] == {a: 10 for a in ABILITIES}
+    assert set(manifest["instruct_abilities"]) == set(ABILITIES) - {"text"}
+    assert manifest["eval_chance"]["colour"] == pytest.approx(1 / 6)
+    assert manifest["eval_chance"]["position"] == pytest.approx(1 / 9)
+    assert manifest["eval_chance"]["size"] == 0.5
+    captions = _rows(out / "captions.jsonl")
+    assert captions[0]["image"] == "images/000001.png" and (out / captions[0]["image"]).is_file()
+    assert all(set(c) == {"image", "caption"} and c["caption"] for c in captions)
+
+
+@pytest.mark.parametrize("name", ["instruct.jsonl", "text.jsonl"])
+def test_reference_lines_parse_back(world, name):
+    out, _ = world
+    for row in _rows(out / name):
+        assert set(row) == {"image", "text", "task_type"} and row["task_type"].startswith("owl_world_")
+        assert not row["text"].endswith("\n")
+        images, turns = _parse(row["text"])
+        assert images == len(row["image"])
+        assert (images == 0) == (name == "text.jsonl")
+        assert [s for s, _ in turns] == ["Human", "AI"] * (len(turns) // 2) and turns
+        assert all(content.strip() for _, content in turns)
+        assert all((out / p).is_file() for p in row["image"])
+
+
+def test_eval_items(world):
+    out, _ = world
+    items = load_eval(out / "eval.jsonl")
+    assert {i["ability"] for i in items} == set(ABILITIES)
+    assert any(len(i["image"]) == 2 for i in items if i["ability"] == "multiimage")
+    assert any(len(i["messages"]) >= 3 for i in items if i["ability"] == "multiturn")
+    assert all(i["image"] == [] for i in items if i["ability"] == "text")
+    for i in items:
+        sample = eval_item_to_sample(i, out)
+        assert sample.messages[-1].role == "user" and sample.meta["answer"] == i["answer"]
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in sample.images)
+    summary = summarize(items, [i["answer"] for i in items])
+    assert all(row["accuracy"] == 1.0 for row in summary.values()), "the gold answer must score as correct"
+    assert not score("purple elephant", items[0])
+
+
+def test_eval_images_differ_from_train_images(world):
+    out, _ = world
+    digests = _digests(out / "images")
+    train = {d for name, d in digests.items() if not name.startswith("eval_")}
+    held_out = {d for name, d in digests.items() if name.startswith("eval_")}
+    assert held_out and not train & held_out
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    out, _ = world
+    again = tmp_path / "again"
+    build_world(again, WorldConfig(), seed=3, **SIZES, progress=False)
+    assert _digests(again) == _digests(out)
+    other = tmp_path / "other"
+    build_world(other, WorldConfig(), seed=4, **SIZES, progress=False)
+    a, b = _digests(out), _digests(other)
+    assert a["captions.jsonl"] != b["captions.jsonl"] and a["eval.jsonl"] != b["eval.jsonl"]
+    assert a["images/000001.png"] != b["images/000001.png"]
+
+
+def test_counts_are_independent_streams(world, tmp_path):
+    out, _ = world
+    more_captions = tmp_path / "more"
+    build_world(more_captions, WorldConfig(), seed=3, **{**SIZES, "n_captions": 41}, progress=False)
+    assert (more_captions / "instruct.jsonl").read_bytes() == (out / "instruct.jsonl").read_bytes()
+    assert (more_captions / "text.jsonl").read_bytes() == (out / "text.jsonl").read_bytes()
+    old, new = _rows(out / "captions.jsonl"), _rows(more_captions / "captions.jsonl")
+    assert new[:40] == old
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_eval=-1"):
+        build_world("/nonexistent/never", n_eval=-1)
+    with pytest.raises(ValueError, match="unknown abilities"):
+        build_world(tmp_path / "never", n_captions=0, n_instructions=1, n_text=0, n_eval=0,
+                    ability_weights={"colours": 1.0})  # fmt: skip
+    assert not (tmp_path / "never").exists(), "nothing is written when the arguments are bad"
+
+
+def test_bytes_do_not_depend_on_python_hash_seed(world, tmp_path):
+    """Set iteration order changes with PYTHONHASHSEED; the world must not."""
+    out, _ = world
+    code = (
+        "import sys; from owl.world import WorldConfig, build_world; "
+        f"build_world(sys.argv[1], WorldConfig(), seed=3, progress=False, **{SIZES!r})"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    root = Path(__file__).parents[2]
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], check=True, env=env, cwd=root)
+    assert _digests(tmp_path / "w") == _digests(out)
