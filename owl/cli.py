@@ -11,35 +11,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from owl.config import PRESETS, ConfigError, OwlConfig, preset
+from owl.config import PRESETS, OwlConfig, preset
+from owl.configtools import ConfigError, deep_merge, parse_overrides
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, OSError)
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    """``["abstractor.num_queries=16", ...]`` -> nested dict, values parsed as YAML scalars."""
-    import yaml
-
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, OSError, RuntimeError)
 
 
 def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tuple[OwlConfig, Path | None]:
@@ -50,7 +28,7 @@ def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tupl
         from owl.models.checkpoint import CONFIG_NAME, check_model_dir
 
         model_dir = check_model_dir(path)
-        config = OwlConfig.load(path / CONFIG_NAME)
+        config = OwlConfig.load(model_dir / CONFIG_NAME)
     elif path.suffix in (".json", ".yaml", ".yml") and path.exists():
         config = OwlConfig.load(path)
     elif name_or_dir in PRESETS:
@@ -61,7 +39,7 @@ def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tupl
     else:
         config = preset(name_or_dir)  # raises with the list of presets
     if overrides:
-        config = OwlConfig.from_dict(_deep_merge(config.to_dict(), _parse_overrides(overrides)))
+        config = OwlConfig.from_dict(deep_merge(config.to_dict(), parse_overrides(overrides)))
     return config, model_dir
 
 
@@ -123,6 +101,13 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{k:<12}{v:>16,}{d['trainable'][k]:>16,}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from owl.train.config import load_train_config
+    from owl.train.loop import train
+
+    train(load_train_config(args.config, args.overrides))
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,12 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="a model directory, config file or preset name")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="run one training stage from a YAML recipe (resumes automatically)",
+                       description="Train one stage. Overrides use dotted keys: output_dir=runs/a optim.lr=3e-4 "
+                       "init_from=runs/stage1. Distributed: torchrun --nproc_per_node N -m owl.cli train ... "
+                       "or accelerate launch --config_file configs/accelerate/ddp.yaml -m owl.cli train ...")
+    t.add_argument("config", help="a training recipe, e.g. configs/tiny/stage1.yaml")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    t.set_defaults(func=cmd_train)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for users
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -8,14 +8,14 @@ reload it).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from owl.configtools import ConfigError, dump_yaml, from_dict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,10 +29,6 @@ MPLUG_SYSTEM_PROMPT = (
 
 VISION_BACKBONES = ("clip", "siglip", "efficientnet")
 TEMPLATES = ("mplug-owl-v1", "chat-template")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key, the value and the fix."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -156,22 +152,12 @@ class OwlConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OwlConfig:
         """Build from a nested dict; unknown keys are errors that suggest the closest valid key."""
-        sections = {"vision": VisionConfig, "abstractor": AbstractorConfig, "llm": LLMConfig,
-                    "processor": ProcessorConfig}
-        _reject_unknown(d, sections, "")
-        kwargs = {}
-        for name, klass in sections.items():
-            if name in d:
-                sub = d[name]
-                _check(isinstance(sub, dict), f"{name} must be a mapping, got {type(sub).__name__}")
-                _reject_unknown(sub, {f.name: None for f in dataclasses.fields(klass)}, name + ".")
-                kwargs[name] = klass(**sub)
-        return cls(**kwargs)
+        return from_dict(cls, d)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else yaml.safe_dump(self.to_dict())
-        path.write_text(text + "\n")
+        text = json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else dump_yaml(self)
+        path.write_text(text)
 
     @classmethod
     def load(cls, path: str | Path) -> OwlConfig:
@@ -181,14 +167,6 @@ class OwlConfig:
         text = path.read_text()
         d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         return cls.from_dict(d)
-
-
-def _reject_unknown(d: dict[str, Any], valid: dict[str, Any], prefix: str) -> None:
-    for key in d:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
-            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
 
 
 # ----------------------------------------------------------------------------- presets

@@ -12,7 +12,7 @@ def random_image(seed: int, size: tuple[int, int] = (40, 32)) -> Image.Image:
     return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd=None):
     """Run the installed ``owl`` command (the real entry point) and return the CompletedProcess."""
     import os
     import subprocess
@@ -21,5 +21,7 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
 
     exe = Path(sys.executable).parent / "owl"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "owl.cli"]
-    full_env = os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {})
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env)
+    root = str(Path(__file__).resolve().parents[1])
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": root} | (env or {})
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd)

@@ -111,9 +111,12 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_model_dir(path: str | Path) -> Path:
+    """A model directory, or a training run's output directory (whose model is in ``model/``)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory not found: {path}")
+    if not (path / CONFIG_NAME).exists() and (path / "model" / CONFIG_NAME).exists():
+        path = path / "model"
     if not (path / CONFIG_NAME).exists():
         raise FileNotFoundError(f"{path} is not an owl model directory (no {CONFIG_NAME}); create one with `owl new`")
     return path

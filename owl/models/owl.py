@@ -37,6 +37,10 @@ class OwlOutput:
     logits: torch.Tensor | None = None
 
 
+def _has_trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 class OwlModel(nn.Module):
     """Vision tower + abstractor + any causal LM. Build it with ``owl.models.build_model``."""
 
@@ -47,6 +51,9 @@ class OwlModel(nn.Module):
         self.abstractor = abstractor
         self.llm = llm
         self._llm_keeps_logits = "logits_to_keep" in inspect.signature(type(self.causal_lm).forward).parameters
+        # Distributed training needs every trainable parameter in every step's graph; a text-only batch would
+        # leave the vision tower and abstractor out, so the trainer sets this to add them with weight zero.
+        self.keep_unused_in_graph = False
 
     # ------------------------------------------------------------------ parts
     @property
@@ -60,8 +67,10 @@ class OwlModel(nn.Module):
         return self.config.num_visual_tokens
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_visual_tokens, d_llm)."""
-        return self.abstractor(self.vision(pixel_values))
+        """(N, 3, H, W) -> (N, num_visual_tokens, d_llm). A frozen vision tower runs without autograd."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(self.vision)):
+            features = self.vision(pixel_values)  # (N, T, C)
+        return self.abstractor(features)
 
     def embed(
         self,
@@ -79,6 +88,10 @@ class OwlModel(nn.Module):
                 image_counts[0] = n_images
         self._check_counts(is_image, image_counts, n_images)
         if n_images == 0:
+            if self.keep_unused_in_graph and self.training and torch.is_grad_enabled():
+                size = self.config.vision.image_size
+                blank = torch.zeros(1, 3, size, size, dtype=embeds.dtype, device=embeds.device)
+                embeds = embeds + 0.0 * self.encode_images(blank).sum()
             return embeds
         visual = self.encode_images(pixel_values.to(embeds.dtype)).to(embeds.dtype)  # (N, V, D)
         return embeds.masked_scatter(is_image.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))

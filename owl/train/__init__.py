@@ -1,0 +1,1 @@
+"""Two-stage training: one loop (loop.py), configured per stage (config.py)."""

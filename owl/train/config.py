@@ -1,0 +1,246 @@
+"""The training configuration: one dataclass tree, read from YAML, overridable with dotted keys.
+
+The two stages of the paradigm are two instances of this config (see
+``configs/*/stage1.yaml`` and ``stage2.yaml``): what is trainable, the data,
+and the optimiser differ; the loop is the same. Every field is used by the
+loop; nothing parsed is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from owl.configtools import ConfigError, deep_merge, from_dict, parse_overrides
+from owl.data import SourceSpec
+from owl.images import Augment
+
+MODES = ("frozen", "full", "lora")
+MODULES = ("vision", "abstractor", "queries", "llm")
+
+
+@dataclass
+class ModelSpec:
+    """How to build the model when ``init_from`` is not set: a preset plus optional pretrained parts."""
+
+    preset: str = "tiny"
+    vision_from: str | None = None  # local HF CLIP/SigLIP dir or EfficientNet .pth ("auto": the packaged lite0)
+    llm_from: str | None = None  # local HF causal-LM dir or .gguf file ("smollm2": the packaged SmolLM2-135M)
+    overrides: dict[str, Any] = field(default_factory=dict)  # OwlConfig overrides, e.g. {abstractor: {num_queries: 16}}
+
+
+@dataclass
+class WorldSpec:
+    """Generate an Owl-World dataset into ``out`` before training, if it is not there yet."""
+
+    out: str = ""
+    seed: int = 0
+    image_size: int = 128
+    n_captions: int = 2000
+    n_instructions: int = 2000
+    n_text: int = 400
+    n_eval: int = 600
+    ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
+    config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceSpec] = field(default_factory=list)
+    mix: str = "sample"  # "sample": each sample's source drawn by weight; "per_batch": fixed shares of every batch
+    max_length: int | None = None  # overrides the model's processor.max_length (paper: 512 stage 1, 1024 stage 2)
+    augment: Augment | None = None
+    max_bad_fraction: float = 0.2  # abort when more than this share of records is unusable ...
+    min_seen_for_abort: int = 200  # ... once at least this many were seen
+    world: WorldSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty; list at least one source (name, format, path)")
+        self.sources = [s if isinstance(s, SourceSpec) else _source(s, i) for i, s in enumerate(self.sources)]
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources names must be unique, got {names}")
+        if self.mix not in ("sample", "per_batch"):
+            raise ConfigError(f"data.mix={self.mix!r} is unknown; use sample or per_batch")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"data.max_bad_fraction={self.max_bad_fraction} must be in [0, 1]")
+        if isinstance(self.augment, dict):
+            self.augment = from_dict(Augment, self.augment, "data.augment.")
+
+
+def _source(d: Any, i: int) -> SourceSpec:
+    if not isinstance(d, dict):
+        raise ConfigError(f"data.sources[{i}] must be a mapping with name, format and path")
+    try:
+        return from_dict(SourceSpec, d, f"data.sources[{i}].")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+@dataclass
+class Trainable:
+    """Per module: frozen, full, or lora (LoRA only for the vision tower and the LLM)."""
+
+    vision: str = "frozen"
+    abstractor: str = "full"
+    queries: str = "full"  # the abstractor's learnable queries and end-of-image vector
+    llm: str = "frozen"
+    norm_stats: str = "frozen"  # BatchNorm running statistics of a CNN vision tower: frozen or train
+
+    def __post_init__(self) -> None:
+        for m in MODULES:
+            v = getattr(self, m)
+            if v not in MODES:
+                raise ConfigError(f"trainable.{m}={v!r} is unknown; use one of {', '.join(MODES)}")
+        for m in ("abstractor", "queries"):
+            if getattr(self, m) == "lora":
+                raise ConfigError(f"trainable.{m}=lora is not supported; use full or frozen")
+        if self.norm_stats not in ("frozen", "train"):
+            raise ConfigError(f"trainable.norm_stats={self.norm_stats!r}; use frozen or train")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA defaults from the reference scripts: r 8, alpha 32, dropout 0.05 on q_proj and v_proj."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    vision_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r={self.r} must be >= 1")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. ``lr_groups`` overrides the learning rate per module (vision, abstractor, queries, llm)."""
+
+    lr: float = 1e-4
+    lr_groups: dict[str, float] = field(default_factory=dict)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        for k, v in self.lr_groups.items():
+            if k not in MODULES:
+                raise ConfigError(f"optim.lr_groups.{k} is not a module; use {', '.join(MODULES)}")
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ConfigError(f"optim.lr_groups.{k}={v!r} must be a number >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip={self.grad_clip} must be > 0 (or null to disable)")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # the floor, as a fraction of each group's peak lr
+
+    def __post_init__(self) -> None:
+        if self.name not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"schedule.name={self.name!r} is unknown; use cosine, linear or constant")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("schedule.warmup_steps must be >= 0 and schedule.min_lr_ratio in [0, 1]")
+
+    def factor(self, step: int, total: int) -> float:
+        """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.name == "cosine" else 1 - progress
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    max_steps: int | None = None  # optimizer steps; or give epochs
+    epochs: float | None = None  # needs sources whose size is known (json/jsonl)
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 autocast on GPU) | fp32 | bf16
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True  # sort each step's samples by length into micro-batches (less padding)
+    log_every: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError(f"train.batch_size={self.batch_size} and train.grad_accum={self.grad_accum} must be >= 1")
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ConfigError("give exactly one of train.max_steps or train.epochs")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    keep: int = 2  # newest complete checkpoints kept
+    resume: str = "auto"  # auto (newest complete checkpoint in output_dir, if any) | none | a checkpoint path
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.keep < 1:
+            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    data: DataConfig
+    init_from: str | None = None  # an owl model directory (e.g. stage 1's output_dir); else built from `model`
+    model: ModelSpec = field(default_factory=ModelSpec)
+    trainable: Trainable = field(default_factory=Trainable)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=100))
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    merge_lora: bool = False  # fold LoRA into the saved model instead of writing adapter/
+    seed: int = 0
+    stage: str = ""  # a label for logs and lineage (e.g. "1", "2")
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir is required (where the model, checkpoints and logs go)")
+
+    @property
+    def uses_lora(self) -> bool:
+        return "lora" in (self.trainable.vision, self.trainable.llm)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe and apply ``key=value`` overrides; relative data paths stay relative to the cwd."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    d = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    d = deep_merge(d, parse_overrides(overrides or []))
+    for key in ("output_dir", "data"):
+        if key not in d:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    return from_dict(TrainConfig, d)

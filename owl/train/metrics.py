@@ -1,0 +1,90 @@
+"""Run feedback: metrics as JSON lines (+ TensorBoard), and a PNG loss curve at the end.
+
+``logs/metrics.jsonl`` is the source of truth (one object per logged step);
+TensorBoard and the plot are views of it. On resume, lines past the resumed
+step (written by the killed run after its last checkpoint) are dropped so the
+file describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    def __init__(self, output_dir: str | Path, tensorboard: bool, resume_step: int = 0) -> None:
+        self.dir = Path(output_dir) / "logs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key.replace(".", "/"), value, step)
+                elif isinstance(value, dict):
+                    for sub, v in value.items():
+                        if isinstance(v, (int, float)):
+                            self.tb.add_scalar(f"{key}/{sub}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / "logs" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(output_dir: str | Path, title: str = "") -> Path | None:
+    """``loss.png``: training loss per step, per-source losses, and the learning rate."""
+    rows = read_metrics(output_dir)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["loss"] for r in rows], label="loss", color="black", lw=1.5)
+    sources = sorted({s for r in rows for s in r.get("loss_by_source", {})})
+    if len(sources) > 1:
+        for s in sources:
+            pts = [(r["step"], r["loss_by_source"][s]) for r in rows if s in r.get("loss_by_source", {})]
+            ax.plot(*zip(*pts), label=s, lw=0.8, alpha=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_title(title or Path(output_dir).name)
+    ax.grid(alpha=0.3)
+    if "lr" in rows[0]:
+        ax2 = ax.twinx()
+        ax2.plot(steps, [r["lr"] for r in rows], color="tab:gray", ls="--", lw=0.8, label="lr")
+        ax2.set_ylabel("learning rate", color="tab:gray")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out = Path(output_dir) / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

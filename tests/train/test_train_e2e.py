@@ -1,0 +1,133 @@
+"""`owl train` end to end through the real command: both tiny stages, exact resume, bad data, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE1 = ROOT / "configs" / "tiny" / "stage1.yaml"
+STAGE2 = ROOT / "configs" / "tiny" / "stage2.yaml"
+QUIET = ["train.progress=false", "train.tensorboard=false"]
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def ok(r):
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny")
+    ok(run_cli("train", STAGE1, "output_dir=A", *QUIET, cwd=work))
+    return work
+
+
+def test_two_stages_losses_fall_and_the_result_generates(stage1):
+    work = stage1
+    a = losses(work / "A")
+    assert len(a) == 40 and sum(a[-5:]) / 5 < sum(a[:5]) / 5 - 0.3
+    r = ok(run_cli("train", STAGE2, "init_from=A", "output_dir=B", *QUIET, cwd=work))
+    assert "llm" in r.stdout and "trainable" in r.stdout  # the per-module trainable table
+    b = losses(work / "B")
+    assert sum(b[-5:]) / 5 < sum(b[:5]) / 5 - 0.3
+    for d in ("A", "B"):
+        assert (work / d / "loss.png").stat().st_size > 1000
+        assert (work / d / "model" / "config.json").exists()
+    assert (work / "B" / "model" / "adapter" / "adapter_config.json").exists()
+    lineage = json.loads((work / "B" / "model" / "lineage.json").read_text())
+    assert lineage["parent"]["path"] == str((work / "A" / "model").resolve()) and lineage["data"][0]["files"]
+
+    from owl.conversation import Message, Sample
+    from owl.generation import GenerationOptions, generate
+    from owl.models import load_model
+    from owl.processing import OwlProcessor
+
+    model, proc = load_model(work / "B").eval(), OwlProcessor.from_pretrained(work / "B")
+    img = sorted((work / "runs" / "tiny" / "world" / "images").glob("eval_*.png"))[0]
+    out = generate(model, proc, [Sample([Message("user", "<image>\nWhat colour is the shape?")], [str(img)])],
+                   GenerationOptions(max_new_tokens=6))
+    assert out[0].completion_tokens > 0
+
+
+def test_killed_run_resumes_bit_identical(stage1):
+    work = stage1
+    args = ["train", STAGE2, "init_from=A", "train.max_steps=8", "checkpoint.every=3", *QUIET]
+    ok(run_cli(*args, "output_dir=full", cwd=work))
+    killed = run_cli(*args, "output_dir=resumed", cwd=work, env={"OWL_DEBUG_KILL_AFTER_STEP": "5"})
+    assert killed.returncode == -9  # SIGKILL
+    assert not (work / "resumed" / "model").exists()
+    r = ok(run_cli(*args, "output_dir=resumed", cwd=work))
+    assert "resumed from" in r.stdout and "step-000003" in r.stdout
+    full = load_file(str(work / "full" / "model" / "model.safetensors"))
+    resumed = load_file(str(work / "resumed" / "model" / "model.safetensors"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    fa = load_file(str(work / "full" / "model" / "adapter" / "adapter_model.safetensors"))
+    ra = load_file(str(work / "resumed" / "model" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(fa[k], ra[k]) for k in fa)
+    assert losses(work / "full") == losses(work / "resumed")
+
+
+def _bad_data_config(work, max_bad):
+    images = sorted((work / "runs" / "tiny" / "world" / "images").glob("0*.png"))[:20]
+    lines = [json.dumps({"image": str(p), "caption": f"shape number {i}"}) for i, p in enumerate(images)]
+    lines[3:3] = ["{broken json", json.dumps({"image": "nope.png", "caption": "x"}),
+                  json.dumps({"image": str(images[0]), "caption": 7})]
+    (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    lines.append(json.dumps({"image": str(work / "corrupt.png"), "caption": "y"}))
+    (work / "planted.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = STAGE1.read_text().replace("path: runs/tiny/world/captions.jsonl", f"path: {work / 'planted.jsonl'}")
+    cfg = cfg.replace("  max_length: 256", f"  max_length: 256\n  max_bad_fraction: {max_bad}\n"
+                      "  min_seen_for_abort: 10")
+    path = work / f"planted-{max_bad}.yaml"
+    path.write_text(cfg)
+    return path
+
+
+def test_planted_bad_lines_train_to_the_end_with_counts(stage1):
+    work = stage1
+    r = ok(run_cli("train", _bad_data_config(work, 0.5), "output_dir=bad", "train.max_steps=3", *QUIET, cwd=work))
+    report = (work / "bad" / "data_report.txt").read_text()
+    for reason in ("malformed_json", "missing_image", "bad_type", "bad_image"):
+        assert reason in report, report
+    assert "captions" in r.stdout and (work / "bad" / "model" / "config.json").exists()
+
+
+def test_too_much_bad_data_aborts_with_one_line(stage1):
+    work = stage1
+    r = run_cli("train", _bad_data_config(work, 0.01), "output_dir=abort", "train.max_steps=3", *QUIET, cwd=work)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("owl: error:") and "data.max_bad_fraction=0.01" in last
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_two_processes_match_one_process(stage1):
+    work = stage1
+    common = ["train", STAGE1, "train.max_steps=6", "checkpoint.every=0", *QUIET,
+              "model.overrides.abstractor.attention_dropout=0.0"]
+    ok(run_cli(*common, "output_dir=one", "train.batch_size=8", cwd=work))
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    import os
+    import subprocess
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "owl.cli", *map(str, common), "output_dir=two",
+                        "train.batch_size=4"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 processes" in r.stdout
+    one, two = losses(work / "one"), losses(work / "two")
+    assert len(one) == len(two) == 6
+    assert one == pytest.approx(two, rel=1e-4)
