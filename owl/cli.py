@@ -108,6 +108,41 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(load_train_config(args.config, args.overrides))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from owl.world.demo import run_demo
+
+    run_demo(args.profile, args.out or f"runs/demo{'' if args.profile == 'full' else '-' + args.profile}", args.seed,
+             args.overrides)
+
+
+def cmd_world_build(args: argparse.Namespace) -> None:
+    from owl.world import WorldConfig, build_world
+
+    manifest = build_world(args.out, WorldConfig(image_size=args.image_size), seed=args.seed,
+                           n_captions=args.n_captions, n_instructions=args.n_instructions, n_text=args.n_text,
+                           n_eval=args.n_eval)
+    print(f"wrote Owl-World to {args.out}: " + ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()))
+
+
+def cmd_world_eval(args: argparse.Namespace) -> None:
+    from owl.models import load_model
+    from owl.processing import OwlProcessor
+    from owl.world.evaluate import evaluate_world
+    from owl.world.report import table
+
+    model, proc = load_model(args.model).eval(), OwlProcessor.from_pretrained(args.model)
+    abilities = args.abilities.split(",") if args.abilities else None
+    res = evaluate_world(model, proc, args.world, abilities=abilities, out=args.out, batch_size=args.batch_size)
+    print(json.dumps(res["summary"], indent=1) if args.json else table(res["summary"]))
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from owl.chat import chat
+
+    chat(args.model, images=args.image or [], message=args.message, max_new_tokens=args.max_new_tokens,
+         temperature=args.temperature)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +172,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a training recipe, e.g. configs/tiny/stage1.yaml")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="the whole paradigm on Owl-World, end to end, with a report")
+    d.add_argument("--profile", default="full", choices=["full", "quick"],
+                   help="full: SmolLM2-135M + pretrained CNN (~15 min on 2 cores); quick: tiny random LLM (<1 min)")
+    d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for both stages' recipes")
+    d.set_defaults(func=cmd_demo)
+
+    w = sub.add_parser("world", help="Owl-World: build data, evaluate a model").add_subparsers(dest="world_cmd",
+                                                                                                 required=True)
+    wb = w.add_parser("build", help="generate an Owl-World dataset")
+    wb.add_argument("--out", required=True)
+    wb.add_argument("--seed", type=int, default=0)
+    wb.add_argument("--image-size", type=int, default=128)
+    for name, default in (("captions", 2000), ("instructions", 2000), ("text", 400), ("eval", 600)):
+        wb.add_argument(f"--n-{name}", type=int, default=default)
+    wb.set_defaults(func=cmd_world_build)
+    we = w.add_parser("eval", help="score a model on an Owl-World eval split")
+    we.add_argument("model", help="model directory (or a training run's output directory)")
+    we.add_argument("--world", required=True, help="Owl-World directory (with eval.jsonl)")
+    we.add_argument("--out", help="write predictions.jsonl and scores.json here")
+    we.add_argument("--abilities", help="comma-separated subset, e.g. colour,shape")
+    we.add_argument("--batch-size", type=int, default=32)
+    we.add_argument("--json", action="store_true")
+    we.set_defaults(func=cmd_world_eval)
+
+    c = sub.add_parser("chat", help="multi-turn chat with a model (images with /image PATH)")
+    c.add_argument("model", help="model directory (or a training run's output directory)")
+    c.add_argument("--image", action="append", help="image for the first message (repeatable)")
+    c.add_argument("--message", help="ask one question, print the answer and exit")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.set_defaults(func=cmd_chat)
     return p
 
 

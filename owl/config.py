@@ -180,6 +180,16 @@ def _llama_7b() -> dict[str, Any]:
     }
 
 
+def _smollm2_135m() -> dict[str, Any]:
+    """SmolLM2-135M-Instruct's architecture (the demo loads its weights from the GGUF file)."""
+    return {
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
+    }
+
+
 def _tiny_llama(vocab_size: int) -> dict[str, Any]:
     return {
         "model_type": "llama", "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
@@ -211,8 +221,17 @@ def preset(name: str) -> OwlConfig:
             llm=LLMConfig(_tiny_llama(BYTE_VOCAB_SIZE)),
             processor=ProcessorConfig(max_length=512),
         )
+    if name == "owl-world":
+        return OwlConfig(
+            vision=VisionConfig(backbone="efficientnet", image_size=128, feature_block=None, learned_pos_embed=True,
+                                image_mean=HALF_MEAN, image_std=HALF_STD),
+            abstractor=AbstractorConfig(hidden_size=384, num_layers=2, num_heads=6, intermediate_size=1024,
+                                        num_queries=16),
+            llm=LLMConfig(_smollm2_135m()),
+            processor=ProcessorConfig(template="chat-template", system_prompt="", max_length=256),
+        )
     known = ", ".join(PRESETS)
     raise ConfigError(f"unknown preset {name!r}; known presets: {known}")
 
 
-PRESETS: tuple[str, ...] = ("mplug-owl-llama-7b", "tiny")
+PRESETS: tuple[str, ...] = ("mplug-owl-llama-7b", "owl-world", "tiny")

@@ -56,7 +56,7 @@ class DataConfig:
     augment: Augment | None = None
     max_bad_fraction: float = 0.2  # abort when more than this share of records is unusable ...
     min_seen_for_abort: int = 200  # ... once at least this many were seen
-    world: WorldSpec | None = None
+    world: WorldSpec | None = None  # generate Owl-World data first; source paths may then use "{world}"
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -71,6 +71,11 @@ class DataConfig:
             raise ConfigError(f"data.max_bad_fraction={self.max_bad_fraction} must be in [0, 1]")
         if isinstance(self.augment, dict):
             self.augment = from_dict(Augment, self.augment, "data.augment.")
+        if self.world is not None and self.world.out:  # "{world}" in source paths = the generated world's folder
+            for src in self.sources:
+                src.path = src.path.replace("{world}", self.world.out)
+                if src.image_root:
+                    src.image_root = src.image_root.replace("{world}", self.world.out)
 
 
 def _source(d: Any, i: int) -> SourceSpec:

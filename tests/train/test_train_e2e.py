@@ -88,7 +88,8 @@ def _bad_data_config(work, max_bad):
     (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     lines.append(json.dumps({"image": str(work / "corrupt.png"), "caption": "y"}))
     (work / "planted.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = STAGE1.read_text().replace("path: runs/tiny/world/captions.jsonl", f"path: {work / 'planted.jsonl'}")
+    cfg = STAGE1.read_text().replace('path: "{world}/captions.jsonl"', f"path: {work / 'planted.jsonl'}")
+    assert str(work / "planted.jsonl") in cfg
     cfg = cfg.replace("  max_length: 256", f"  max_length: 256\n  max_bad_fraction: {max_bad}\n"
                       "  min_seen_for_abort: 10")
     path = work / f"planted-{max_bad}.yaml"
