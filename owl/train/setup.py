@@ -140,5 +140,5 @@ def lineage(cfg: TrainConfig, steps: int, final_loss: float | None) -> dict[str,
         data.append({"name": s.name, "format": s.format, "weight": s.weight,
                      "files": [_fingerprint(f) for f in files[:1000]], "n_files": len(files)})
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "stage": cfg.stage, "steps": steps, "final_loss": final_loss, "parent": parent, "data": data,
-            "code": code_version()}
+            "stage": cfg.stage, "description": cfg.description, "steps": steps, "final_loss": final_loss,
+            "parent": parent, "data": data, "code": code_version()}

@@ -1,0 +1,164 @@
+"""`owl world ablation`: the paper's ablation in miniature, several seeds per variant.
+
+Variants (all with the demo recipes, configs/world/):
+
+- ``stage1-only``: alignment pre-training only, evaluated without instruction tuning;
+- ``stage2-only``: instruction tuning only, from the untrained vision-language connection (no stage 1);
+- ``both``: stage 1 then stage 2 (the paradigm);
+- ``both-no-text``: both stages, stage 2 without the text-only instructions.
+
+Plus the LLM's text-only skill before any tuning. Each variant is trained and
+evaluated once per seed; the table gives the mean and a 95% t-interval.
+Stage 1 runs once per seed and is shared by the variants that start from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("stage1-only", "stage2-only", "both", "both-no-text")
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval); half-width 0 for a single value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    t = _T975.get(len(values) - 1, 1.96)
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def run_ablation(out: str | Path = "runs/ablation", seeds: tuple[int, ...] = (0, 1, 2), profile: str = "full",
+                 overrides: list[str] | None = None) -> Path:
+    """Train and evaluate every variant for every seed (skipping finished ones); returns report.md."""
+    from owl.models import load_model
+    from owl.processing import OwlProcessor
+    from owl.train.config import load_train_config
+    from owl.train.loop import train
+    from owl.train.setup import build_for_training, prepare_world
+    from owl.world.demo import recipe_paths
+    from owl.world.evaluate import evaluate_world
+
+    out = Path(out)
+    s1_path, s2_path = recipe_paths(profile)
+    world = out / "world"
+    results: dict[str, Any] = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() \
+        else {"runs": {}}
+
+    def record(seed: int, variant: str, summary: dict) -> None:
+        results["runs"].setdefault(str(seed), {})[variant] = summary
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    def done(seed: int, variant: str) -> bool:
+        return variant in results["runs"].get(str(seed), {})
+
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        base = out / f"seed{seed}"
+        common = [f"seed={seed}", f"data.world.out={world}", "train.progress=false", *(overrides or [])]
+        s1 = load_train_config(s1_path, [f"output_dir={base / 'stage1'}", *common])
+        prepare_world(s1.data.world)
+        if not done(seed, "before"):
+            model, proc = build_for_training(s1)
+            record(seed, "before", evaluate_world(model.eval(), proc, world, abilities=["text"], progress=False,
+                                                  out=base / "eval-before")["summary"])
+        if not all(done(seed, v) for v in VARIANTS):
+            train(s1)
+        if not done(seed, "stage1-only"):
+            d = base / "stage1"
+            record(seed, "stage1-only", evaluate_world(load_model(d).eval(), OwlProcessor.from_pretrained(d), world,
+                                                       out=base / "eval-stage1-only", progress=False)["summary"])
+        for variant in ("both", "both-no-text", "stage2-only"):
+            if done(seed, variant):
+                continue
+            s2 = load_train_config(s2_path, [f"output_dir={base / variant}", f"init_from={base / 'stage1'}", *common])
+            if variant == "both-no-text":
+                s2.data.sources = [s for s in s2.data.sources if s.name != "text"]
+            if variant == "stage2-only":
+                s2.init_from = None
+                s2.model = copy.deepcopy(s1.model)
+            d = train(s2)
+            record(seed, variant, evaluate_world(load_model(d).eval(), OwlProcessor.from_pretrained(d), world,
+                                                 out=base / f"eval-{variant}", progress=False)["summary"])
+    return write_report(out, results)
+
+
+def aggregate(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """variant -> ability -> (mean, 95% half-width, n seeds)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for per_seed in results["runs"].values():
+        for variant, summary in per_seed.items():
+            for ability, s in summary.items():
+                table.setdefault(variant, {}).setdefault(ability, []).append(s["accuracy"])
+    return {v: {a: (*interval(xs), len(xs)) for a, xs in abil.items()} for v, abil in table.items()}
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    from owl.world.report import ordered
+
+    agg = aggregate(results)
+    any_variant = next((agg[v] for v in VARIANTS if v in agg), {})
+    abilities = ordered(any_variant) + (["overall"] if "overall" in any_variant else [])
+    chance = {}
+    for per_seed in results["runs"].values():
+        for summary in per_seed.values():
+            for a, s in summary.items():
+                chance[a] = s["chance"]
+    variants = [v for v in VARIANTS if v in agg]
+    head = "| ability | chance | " + " | ".join(variants) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(variants)]
+    for a in abilities:
+        cells = []
+        for v in variants:
+            m, h, n = agg[v].get(a, (float("nan"), 0.0, 0))
+            cells.append(f"{100 * m:.1f} ± {100 * h:.1f}" if n else "-")
+        lines.append(f"| {a} | {100 * chance.get(a, 0):.1f} | " + " | ".join(cells) + " |")
+    before = agg.get("before", {}).get("text")
+    n_seeds = len(results["runs"])
+    text = [f"# Owl-World ablation ({n_seeds} seeds)", "",
+            "Accuracy (%) on held-out Owl-World, mean ± 95% t-interval over seeds (training seed varies, the world "
+            "is fixed). Variants: stage1-only = alignment pre-training only; stage2-only = instruction tuning only "
+            "(no alignment pre-training); both = the two-stage paradigm; both-no-text = both stages without "
+            "text-only instructions in stage 2.", "", *lines, ""]
+    if before:
+        text += [f"Text-only skill of the untuned LLM: {100 * before[0]:.1f} ± {100 * before[1]:.1f}%.", ""]
+    text += ["![ablation](ablation.png)", ""]
+    _plot(agg, variants, [a for a in abilities if a != "overall"], chance, out / "ablation.png", before)
+    (out / "report.md").write_text("\n".join(text))
+    return out / "report.md"
+
+
+def _plot(agg: dict, variants: list[str], abilities: list[str], chance: dict, path: Path,
+          before: tuple | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(abilities) + 2), 4), dpi=110)
+    width = 0.8 / max(1, len(variants))
+    for k, v in enumerate(variants):
+        xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(abilities))]
+        means = [100 * agg[v].get(a, (0, 0, 0))[0] for a in abilities]
+        errs = [100 * agg[v].get(a, (0, 0, 0))[1] for a in abilities]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=v)
+    for i, a in enumerate(abilities):
+        ax.hlines(100 * chance.get(a, 0), i - 0.42, i + 0.42, colors="black", lw=1.2, ls=":",
+                  label="chance" if i == 0 else None)
+    if before and "text" in abilities:
+        i = abilities.index("text")
+        ax.plot(i, 100 * before[0], "kD", ms=5, label="LLM before tuning")
+    ax.set_xticks(range(len(abilities)), abilities, rotation=35, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
