@@ -55,7 +55,8 @@ def test_new_from_local_hf_parts(tmp_path):
 def test_errors_are_one_readable_line_from_the_real_command(tmp_path):
     r = run_cli("info", "no-such-preset")
     assert r.returncode == 2
-    assert r.stderr.strip() == "owl: error: unknown preset 'no-such-preset'; known presets: mplug-owl-llama-7b, tiny"
+    assert r.stderr.strip() == ("owl: error: unknown preset 'no-such-preset'; "
+                                "known presets: mplug-owl-llama-7b, owl-world, tiny")
 
 
 def test_errors_are_one_readable_line(tmp_path, capsys):

@@ -2,17 +2,22 @@
 
 ``output_dir/checkpoints/step-000120/`` holds::
 
-    trainable.safetensors   the trainable parameters (LoRA weights included) under their model names
-    optimizer.pt            AdamW state (tensors and numbers only; loaded with weights_only=True)
-    rng.safetensors         torch (and CUDA) RNG states
+    trainable.safetensors   the trainable parameters (LoRA weights included) under their model names, full
+                            (unsharded) whatever the distribution strategy
+    optimizer.pt            AdamW state in the layout of ``Optimizer.state_dict()`` of the unsharded model (tensors
+                            and numbers only; loaded with weights_only=True); absent under DeepSpeed, whose
+                            partitioned state DeepSpeed writes itself into ``deepspeed/``
+    rng.safetensors         torch (and CUDA) RNG states: process 0's (``torch``), process r's (``rank{r}.torch``)
     state.json              step, scheduler, data position (mixture RNG, per-source epoch+offset), skip counts,
-                            numpy and python RNG states
+                            numpy and python RNG states (``rng``; other processes' in ``rng_ranks``)
     train_config.yaml       the resolved config of the run
     COMPLETE                written last; a directory without it is ignored
 
 A checkpoint directory appears under its final name only once complete
-(temporary directory + rename), so a run killed at any moment leaves either
-the previous checkpoints or the new one, never half of one.
+(staging directory + rename), so a run killed at any moment leaves either
+the previous checkpoints or the new one, never half of one. The staging
+directory has the same name on every process, so that strategies whose
+processes each write a part (DeepSpeed) can write there first.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, plain
 
 
+def rank_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any], rank: int
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Process ``rank``'s saved RNG states; process 0's when the checkpoint has none for it (older checkpoints,
+    or fewer processes then than now)."""
+    prefix = f"rank{rank}."
+    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    ranks = state.get("rng_ranks", [])
+    if rank == 0 or not mine or rank > len(ranks):
+        return {k: v for k, v in tensors.items() if not k.startswith("rank")}, state["rng"]
+    return mine, ranks[rank - 1]
+
+
 def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
@@ -56,20 +73,42 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
-                    state: dict[str, Any], config_yaml: str, keep: int) -> Path:
-    root = Path(output_dir) / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+def staging_dir(output_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` is assembled before its rename: the same path on every process."""
+    return Path(output_dir) / CKPT_DIR / f".tmp-step-{step:06d}"
+
+
+def begin_checkpoint(output_dir: str | Path, step: int) -> Path:
+    """An empty staging directory for checkpoint ``step`` (a leftover of a killed run is removed)."""
+    tmp = staging_dir(output_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torch.Tensor],
+                    optimizer_state: dict | None, state: dict[str, Any], config_yaml: str, keep: int,
+                    rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+                    staged: bool = False) -> Path:
+    """Write checkpoint ``step`` and drop all but the newest ``keep``.
+
+    ``rng``: every process's :func:`rng_state` (default: this process's only). ``staged``: the staging directory
+    was made by :func:`begin_checkpoint` and may already hold files written by every process.
+    """
+    root = Path(output_dir) / CKPT_DIR
+    final = root / f"step-{step:06d}"
+    tmp = staging_dir(output_dir, step) if staged else begin_checkpoint(output_dir, step)
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    rng_tensors, rng_plain = rng_state()
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    rng = rng or [rng_state()]
+    rng_tensors = dict(rng[0][0])
+    for r, (tensors, _) in enumerate(rng[1:], start=1):
+        rng_tensors |= {f"rank{r}.{k}": v for k, v in tensors.items()}
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state | {"rng": rng_plain}))
+    extra = {"rng_ranks": [plain for _, plain in rng[1:]]} if len(rng) > 1 else {}
+    (tmp / "state.json").write_text(json.dumps(state | {"rng": rng[0][1]} | extra))
     (tmp / "train_config.yaml").write_text(config_yaml)
     (tmp / "COMPLETE").write_text("")
     if final.exists():
@@ -104,10 +143,12 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Everything saved by :func:`save_checkpoint`, loaded without executing pickled code."""
+    """Everything saved by :func:`save_checkpoint` (and its path), loaded without executing pickled code."""
+    optimizer = path / "optimizer.pt"
     return {
+        "path": path,
         "trainable": load_file(str(path / "trainable.safetensors")),
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
+        "optimizer": torch.load(optimizer, weights_only=True) if optimizer.exists() else None,
         "rng": load_file(str(path / "rng.safetensors")),
         "state": json.loads((path / "state.json").read_text()),
     }

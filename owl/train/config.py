@@ -21,6 +21,7 @@ from owl.images import Augment
 
 MODES = ("frozen", "full", "lora")
 MODULES = ("vision", "abstractor", "queries", "llm")
+DISTRIBUTED = ("auto", "ddp", "fsdp", "zero2", "zero3")
 
 
 @dataclass
@@ -187,6 +188,8 @@ class LoopConfig:
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
+    # auto (what the launcher set up) | ddp | fsdp | zero2 | zero3 (DeepSpeed); see owl/train/distributed.py
+    distributed: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -197,6 +200,8 @@ class LoopConfig:
             raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"train.distributed={self.distributed!r} is unknown; use {', '.join(DISTRIBUTED)}")
 
 
 @dataclass

@@ -5,13 +5,13 @@ tokens of the whole global batch (all ranks, all micro-batches), then for each
 micro-batch backpropagate ``loss_sum / global_target_tokens`` so the gradient
 is exactly that of the mean loss over the global batch, however it is split
 across processes and accumulation steps. Clip, step, schedule, log,
-checkpoint. Distribution goes through accelerate (DDP, FSDP, DeepSpeed by
-launch config); on one CPU process it is a plain loop.
+checkpoint. How that is distributed (one process, DDP, FSDP2, DeepSpeed
+ZeRO-2/3) is the business of a strategy's hooks (``owl.train.distributed``);
+accelerate owns the process group.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -29,6 +29,7 @@ from owl.processing import Encoded
 from owl.train import checkpoint as ckpt
 from owl.train.config import TrainConfig
 from owl.train.data import TrainData
+from owl.train.distributed import Strategy, make_strategy
 from owl.train.metrics import MetricsLog, plot_loss
 from owl.train.setup import build_for_training, lineage, prepare_world
 from owl.train.trainable import apply_trainable, merge_vision_lora, param_groups, set_train_modes, trainable_table
@@ -68,7 +69,8 @@ def train(cfg: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    precision = _precision(cfg)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     main = acc.is_main_process
     out = Path(cfg.output_dir)
     say = print if main else (lambda *a, **k: None)
@@ -86,11 +88,21 @@ def train(cfg: TrainConfig) -> Path:
         inner = getattr(model.vision, "model", None)
         if getattr(inner, "supports_gradient_checkpointing", False):
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.keep_unused_in_graph = acc.num_processes > 1
+    strategy = make_strategy(cfg, acc, precision)
+    # Every process must run every sharded/synchronised module each micro-batch, images or not.
+    model.keep_unused_in_graph = acc.num_processes > 1 or strategy.sharded
 
     data = TrainData(cfg.data.sources, cfg.data.mix, processor, cfg.seed, acc.process_index, acc.num_processes,
                      cfg.train.batch_size, cfg.train.grad_accum, cfg.train.group_by_length)
     total = _total_steps(cfg, data.global_batch)
+    resume_from = ckpt.find_resume(out, cfg.checkpoint.resume)
+    saved = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
+    if saved is not None:  # into the plain model, before any sharding: every process holds the full tensors
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in saved["trainable"].items():
+                params[name].copy_(tensor)
+    model = strategy.shard(model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.schedule.factor(s, total))
@@ -101,29 +113,23 @@ def train(cfg: TrainConfig) -> Path:
     for module, n_train, n_total in trainable_table(model):
         say(f"{module:<12}{n_train:>14,}{n_total:>16,}")
     say(f"steps {total}, global batch {data.global_batch} ({cfg.train.batch_size} x {cfg.train.grad_accum} accum "
-        f"x {acc.num_processes} processes), sources: "
+        f"x {acc.num_processes} processes, {strategy.describe()}), sources: "
         + ", ".join(f"{s.name} ({s.format}, weight {s.weight:g})" for s in cfg.data.sources))
 
     step = 0
-    resume_from = ckpt.find_resume(out, cfg.checkpoint.resume)
-    if resume_from is not None:
-        saved = ckpt.load_checkpoint(resume_from)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in saved["trainable"].items():
-                params[name].copy_(tensor)
-        optimizer.load_state_dict(saved["optimizer"])
+    if saved is not None:
         state = saved["state"]
         scheduler.load_state_dict(state["scheduler"])
         data.load_state_dict(state["data"])
         if not main:
             data.stats = type(data.stats)()  # merged counts live on the main process only
-        ckpt.set_rng_state(saved["rng"], state["rng"])
         step = state["step"]
-        say(f"resumed from {resume_from} at step {step}")
 
-    model, optimizer = acc.prepare(model, optimizer)
-    raw = acc.unwrap_model(model)
+    model, optimizer = strategy.prepare(model, optimizer, saved)  # restores the optimizer state of `saved`
+    if saved is not None:
+        ckpt.set_rng_state(*ckpt.rank_rng_state(saved["rng"], saved["state"], acc.process_index))
+        say(f"resumed from {resume_from} at step {step}")
+    raw = strategy.unwrap(model)
     set_train_modes(raw, cfg.trainable)
     trainable_params = [p for p in raw.parameters() if p.requires_grad]
     log = MetricsLog(out, cfg.train.tensorboard and main, resume_step=step) if main else None
@@ -140,10 +146,9 @@ def train(cfg: TrainConfig) -> Path:
         for i, items in enumerate(micro):
             batch = processor.collate(items or [_dummy(processor)], "right")
             batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
-            sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
-            with sync, acc.autocast():
+            with strategy.micro_batch(model, last=i == len(micro) - 1):
                 res = model(**batch, return_logits=False)
-                acc.backward(res.loss_sum * acc.num_processes / max(n_global, 1.0))
+                strategy.backward(res.loss_sum * acc.num_processes / max(n_global, 1.0))
             window["loss"] += res.loss_sum.item()
             window["inputs"] += float(batch["attention_mask"].sum())
             for e, ls, nt in zip(items, res.sample_loss_sum.tolist(), res.sample_target_tokens.tolist()):
@@ -151,13 +156,8 @@ def train(cfg: TrainConfig) -> Path:
                 tot[0] += ls
                 tot[1] += nt
         window["tokens"] += n_global
-        if cfg.optim.grad_clip is not None:
-            grad_norm = float(acc.clip_grad_norm_(trainable_params, cfg.optim.grad_clip))
-        else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in trainable_params if p.grad is not None])))
-        optimizer.step()
+        grad_norm = strategy.step(optimizer, trainable_params, cfg.optim.grad_clip)  # clip, update, zero grads
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
 
@@ -170,22 +170,23 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.train.log_every == 0 or step == total:
             last_loss = _log(acc, log, bar, window, step, optimizer, grad_norm)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
-            _checkpoint(acc, cfg, out, step, raw, optimizer, scheduler, data, config_yaml)
+            _checkpoint(acc, strategy, cfg, out, step, model, optimizer, scheduler, data, config_yaml)
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    _checkpoint(acc, cfg, out, step, raw, optimizer, scheduler, data, config_yaml)
+    _checkpoint(acc, strategy, cfg, out, step, model, optimizer, scheduler, data, config_yaml)
     stats = _merged_stats(acc, data)
     model_dir = out / MODEL_SUBDIR
+    final = strategy.full_model(model)  # gathered from every process; a plain model on the main one
     if main:
         log.close()
-        merge_vision_lora(raw)
-        if cfg.merge_lora and hasattr(raw.llm, "merge_and_unload"):
-            raw.llm = raw.llm.merge_and_unload()
+        merge_vision_lora(final)
+        if cfg.merge_lora and hasattr(final.llm, "merge_and_unload"):
+            final.llm = final.llm.merge_and_unload()
         import json
 
-        save_pretrained(raw, model_dir, tokenizer=processor.tokenizer, extra_files={
+        save_pretrained(final, model_dir, tokenizer=processor.tokenizer, extra_files={
             "lineage.json": json.dumps(lineage(cfg, step, last_loss), indent=1),
             "train_config.yaml": config_yaml})
         (out / "train_config.yaml").write_text(config_yaml)
@@ -236,12 +237,25 @@ def _log(acc, log: MetricsLog | None, bar, window: dict, step: int, optimizer, g
     return loss
 
 
-def _checkpoint(acc, cfg: TrainConfig, out: Path, step: int, raw, optimizer, scheduler,  # noqa: ANN001
-                data: TrainData, config_yaml: str) -> None:
+def _checkpoint(acc, strategy: Strategy, cfg: TrainConfig, out: Path, step: int,  # noqa: ANN001
+                model, optimizer, scheduler, data: TrainData, config_yaml: str) -> None:  # noqa: ANN001
+    """Write checkpoint ``step``: every process takes part (gathers; DeepSpeed's own files), the main one commits."""
     stats = _merged_stats(acc, data)
+    trainable, optimizer_state = strategy.checkpoint_state(model, optimizer)
+    rng = [ckpt.rng_state()]
+    if acc.num_processes > 1:  # each process's own streams (dropout masks differ by process)
+        from accelerate.utils import gather_object
+
+        rng = gather_object(rng)
+    if strategy.writes_shards:
+        if acc.is_main_process:
+            ckpt.begin_checkpoint(out, step)
+        acc.wait_for_everyone()
+        strategy.save_shards(model, ckpt.staging_dir(out, step))
+        acc.wait_for_everyone()
     if acc.is_main_process:
-        trainable = {n: p for n, p in raw.named_parameters() if p.requires_grad}
         state = {"step": step, "scheduler": scheduler.state_dict(),
                  "data": {"mixture": data.mixture.state_dict(), "stats": stats.to_dict()}}
-        ckpt.save_checkpoint(out, step, trainable, optimizer.state_dict(), state, config_yaml, cfg.checkpoint.keep)
+        ckpt.save_checkpoint(out, step, trainable, optimizer_state, state, config_yaml, cfg.checkpoint.keep, rng=rng,
+                             staged=strategy.writes_shards)
     acc.wait_for_everyone()
