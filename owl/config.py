@@ -87,14 +87,9 @@ class AbstractorConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     ffn_layer_norm_eps: float = 1e-6
-    output_head: str = "linear"  # linear (the paper) | vocab (soft mixtures of the LLM's own word embeddings)
-    vocab_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.num_queries >= 1, f"abstractor.num_queries={self.num_queries} must be >= 1")
-        _check(self.output_head in ("linear", "vocab"),
-               f"abstractor.output_head={self.output_head!r} is unknown; use linear or vocab")
-        _check(self.vocab_temperature > 0, f"abstractor.vocab_temperature={self.vocab_temperature} must be > 0")
         _check(self.num_layers >= 1, f"abstractor.num_layers={self.num_layers} must be >= 1")
         _check(self.hidden_size % self.num_heads == 0,
                f"abstractor.hidden_size={self.hidden_size} is not divisible by abstractor.num_heads={self.num_heads}")

@@ -73,28 +73,15 @@ class AbstractorLayer(nn.Module):
 
 
 class VisualAbstractor(nn.Module):
-    """(N, T, C_vision) image tokens -> (N, num_queries + 1, d_llm) LLM-ready tokens.
+    """(N, T, C_vision) image tokens -> (N, num_queries + 1, d_llm) LLM-ready tokens."""
 
-    ``output_head="linear"`` is the paper's projection to the LLM width.
-    ``output_head="vocab"`` instead scores the LLM's vocabulary for every query
-    and outputs the softmax-weighted mixture of the LLM's own (frozen) input
-    embeddings: each visual token is a "soft word" the frozen LLM can already
-    read, which needs far fewer alignment samples (the Owl-World demo's CPU
-    budget); pass the embedding matrix as ``vocab_embeddings``.
-    """
-
-    def __init__(self, cfg: AbstractorConfig, vision_width: int, llm_width: int, vocab_size: int | None = None
-                 ) -> None:
+    def __init__(self, cfg: AbstractorConfig, vision_width: int, llm_width: int) -> None:
         super().__init__()
         h = cfg.hidden_size
-        self.vocab_head = cfg.output_head == "vocab"
-        if self.vocab_head and not vocab_size:
-            raise ValueError("abstractor.output_head=vocab needs the LLM's vocabulary size")
-        self.temperature = cfg.vocab_temperature
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_queries, h))
         self.in_proj = nn.Linear(vision_width, h) if vision_width != h else nn.Identity()
         self.layers = nn.ModuleList([AbstractorLayer(cfg) for _ in range(cfg.num_layers)])
-        self.visual_fc = nn.Linear(h, vocab_size if self.vocab_head else llm_width)
+        self.visual_fc = nn.Linear(h, llm_width)
         self.vit_eos = nn.Parameter(torch.zeros(1, 1, llm_width))
         self.reset_parameters()
 
@@ -116,16 +103,11 @@ class VisualAbstractor(nn.Module):
         nn.init.normal_(self.query_tokens, std=std)
         nn.init.normal_(self.vit_eos, std=std)
 
-    def forward(self, image_tokens: torch.Tensor, vocab_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
         image = self.in_proj(image_tokens)  # (N, T, H)
         x = self.query_tokens.expand(image.shape[0], -1, -1)  # (N, Q, H)
         for layer in self.layers:
             x = layer(x, image)
-        x = self.visual_fc(x)  # (N, Q, D) or, for the vocab head, (N, Q, V) scores
-        if self.vocab_head:
-            if vocab_embeddings is None:
-                raise ValueError("the vocab output head needs the LLM's input embeddings (vocab_embeddings)")
-            probs = torch.softmax(x.float() / self.temperature, dim=-1).to(vocab_embeddings.dtype)
-            x = probs @ vocab_embeddings[: probs.shape[-1]]  # (N, Q, V) @ (V, D) -> (N, Q, D)
+        x = self.visual_fc(x)  # (N, Q, D)
         eos = self.vit_eos.expand(x.shape[0], -1, -1)  # (N, 1, D)
         return torch.cat([x, eos], dim=1)  # (N, Q+1, D)

@@ -116,8 +116,7 @@ def build_model(
         config.llm = LLMConfig(hf_config_dict(llm.config) | {"model_type": llm.config.model_type})
     else:
         llm = build_llm(config.llm)
-    vocab = llm.get_input_embeddings().weight.shape[0]
-    abstractor = VisualAbstractor(config.abstractor, vision.hidden_size, config.llm.hidden_size, vocab)
+    abstractor = VisualAbstractor(config.abstractor, vision.hidden_size, config.llm.hidden_size)
     return OwlModel(config, vision, abstractor, llm), config, tokenizer
 
 

@@ -70,8 +70,6 @@ class OwlModel(nn.Module):
         """(N, 3, H, W) -> (N, num_visual_tokens, d_llm). A frozen vision tower runs without autograd."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(self.vision)):
             features = self.vision(pixel_values)  # (N, T, C)
-        if getattr(self.abstractor, "vocab_head", False):
-            return self.abstractor(features, self.llm.get_input_embeddings().weight)
         return self.abstractor(features)
 
     def embed(

@@ -113,35 +113,3 @@ def test_config_validation(bad):
 # owl's own output at commit time (seed 0, BERT-style init); guards against silent changes of init or math.
 GOLDEN = [[-0.029732, 0.020745, 0.164657, -0.045573], [0.016256, -0.116178, 0.103768, -0.005768],
           [0.117637, 0.047276, 0.11294, -0.041539], [-0.014371, 0.033794, -0.039874, -0.004571]]
-
-
-def test_vocab_head_outputs_soft_words():
-    cfg = AbstractorConfig(hidden_size=16, num_layers=1, num_heads=4, intermediate_size=24, num_queries=3,
-                           output_head="vocab", vocab_temperature=0.5)
-    torch.manual_seed(0)
-    m = VisualAbstractor(cfg, vision_width=16, llm_width=10, vocab_size=10).eval()
-    eye = torch.eye(10)  # embeddings = one-hot rows: the output is the word distribution itself
-    out = m(torch.randn(2, 5, 16), vocab_embeddings=eye)
-    assert out.shape == (2, 4, 10)
-    words = out[:, :-1]
-    assert (words >= 0).all() and torch.allclose(words.sum(-1), torch.ones(2, 3))
-    m6 = VisualAbstractor(cfg, vision_width=16, llm_width=6, vocab_size=10).eval()
-    assert m6(torch.randn(1, 5, 16), vocab_embeddings=torch.randn(10, 6)).shape == (1, 4, 6)
-    with pytest.raises(ValueError, match="needs the LLM's input embeddings"):
-        m6(torch.randn(1, 5, 16))
-
-
-def test_vocab_head_in_the_composed_model():
-    from owl.config import preset
-    from owl.models import build_model
-
-    cfg = preset("tiny")
-    cfg.abstractor = AbstractorConfig(**{**cfg.abstractor.__dict__, "output_head": "vocab"})
-    model, _, _ = build_model(cfg)
-    visual = model.encode_images(torch.randn(2, 3, 28, 28))
-    assert visual.shape == (2, cfg.num_visual_tokens, 64)
-    emb = model.llm.get_input_embeddings().weight
-    lo, hi = emb.min(0).values, emb.max(0).values  # a convex mixture stays inside the embeddings' bounding box
-    assert ((visual[:, :-1] >= lo - 1e-5) & (visual[:, :-1] <= hi + 1e-5)).all()
-    with pytest.raises(ValueError, match="output_head='soft'"):
-        AbstractorConfig(output_head="soft")
