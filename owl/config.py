@@ -228,7 +228,7 @@ def preset(name: str) -> OwlConfig:
             abstractor=AbstractorConfig(hidden_size=384, num_layers=2, num_heads=6, intermediate_size=1024,
                                         num_queries=16),
             llm=LLMConfig(_smollm2_135m()),
-            processor=ProcessorConfig(template="chat-template", system_prompt="", max_length=256),
+            processor=ProcessorConfig(template="chat-template", system_prompt="Answer briefly.", max_length=256),
         )
     known = ", ".join(PRESETS)
     raise ConfigError(f"unknown preset {name!r}; known presets: {known}")
