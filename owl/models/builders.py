@@ -75,8 +75,12 @@ def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         log.info("dequantising %s (once; cached in %s)", path.name, cache)
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         llm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # The weights are plain fp32 now, but transformers still marks the model as GGUF-quantized and refuses to
+        # save it; drop the marks so the cache (and any owl model built on it) saves as ordinary safetensors.
         if getattr(llm.config, "quantization_config", None) is not None:
             del llm.config.quantization_config
+        llm.hf_quantizer = None
+        llm.is_quantized = False
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         llm.save_pretrained(tmp)
@@ -85,7 +89,7 @@ def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
             os.replace(tmp, cache)  # atomic: a half-written cache is never seen
         except OSError:  # another process filled the cache first
             shutil.rmtree(tmp, ignore_errors=True)
-        return llm, tok
+        return load_llm(cache)  # the first load and every later one get the same clean model
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a HF model directory (no config.json)")
     llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)

@@ -137,7 +137,7 @@ def train(cfg: TrainConfig) -> Path:
 
     bar = tqdm(total=total, initial=step, disable=not (main and cfg.train.progress), desc=f"stage {cfg.stage}",
                dynamic_ncols=True)
-    window = {"loss": 0.0, "tokens": 0.0, "inputs": 0.0, "t": time.perf_counter(), "src": {}}
+    window = {"loss": 0.0, "tokens": 0.0, "inputs": 0.0, "t": time.perf_counter(), "src": {}, "since": step}
     last_loss = None
     while step < total:
         micro = data.next_step()
@@ -227,13 +227,13 @@ def _log(acc, log: MetricsLog | None, bar, window: dict, step: int, optimizer, g
     dt = time.perf_counter() - window["t"]
     lr = optimizer.param_groups[0]["lr"]
     record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": sums[1] / dt,
-              "target_tokens": window["tokens"],
+              "s_per_step": dt / max(step - window["since"], 1), "target_tokens": window["tokens"],
               "lr_by_group": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
               "loss_by_source": {k: v[0] / v[1] for k, v in src.items() if v[1] and k != "(empty)"}}
     if log is not None:
         log.write(record)
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{sums[1] / dt:,.0f}")
-    window.update(loss=0.0, tokens=0.0, inputs=0.0, t=time.perf_counter(), src={})
+    window.update(loss=0.0, tokens=0.0, inputs=0.0, t=time.perf_counter(), src={}, since=step)
     return loss
 
 

@@ -64,6 +64,8 @@ def run_ablation(out: str | Path = "runs/ablation", seeds: tuple[int, ...] = (0,
         common = [f"seed={seed}", f"data.world.out={world}", "train.progress=false", *(overrides or [])]
         s1 = load_train_config(s1_path, [f"output_dir={base / 'stage1'}", *common])
         prepare_world(s1.data.world)
+        if not done(seed, "before") and done(seeds[0], "before"):  # the untuned LLM, greedy: the same every seed
+            record(seed, "before", results["runs"][str(seeds[0])]["before"])
         if not done(seed, "before"):
             model, proc = build_for_training(s1)
             record(seed, "before", evaluate_world(model.eval(), proc, world, abilities=["text"], progress=False,
