@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from owl.config import ConfigError
 from owl.models.owl import OwlModel
 from owl.train.config import TrainConfig
 
@@ -237,8 +238,10 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, cfg: TrainConfig, acc: Any, precision: str, stage: int) -> None:  # noqa: ANN401
         try:
             import deepspeed  # noqa: F401
-        except ImportError as e:
-            raise ImportError(f"train.distributed=zero{stage} needs DeepSpeed: pip install deepspeed ({e})") from e
+        except ImportError as e:  # a user error (one line from the CLI), not a traceback
+            raise ConfigError(f"train.distributed=zero{stage} needs DeepSpeed, which is not installed: "
+                              "pip install deepspeed (without CUDA: DS_BUILD_OPS=0 pip install --no-build-isolation "
+                              f"deepspeed), or use train.distributed=fsdp ({e})") from e
         super().__init__(cfg, acc, precision)
         self.stage = stage
         self.name = f"zero{stage}"

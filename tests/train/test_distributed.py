@@ -152,3 +152,13 @@ def test_unknown_strategy_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.distributed='fsdp1'"):
         LoopConfig(max_steps=1, distributed="fsdp1")
+
+
+def test_deepspeed_missing_is_a_config_error(monkeypatch):
+    import sys
+
+    from owl.train.distributed import DeepSpeedStrategy
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
+    with pytest.raises(ConfigError, match="train.distributed=zero2 needs DeepSpeed, which is not installed"):
+        DeepSpeedStrategy(None, None, "fp32", stage=2)  # type: ignore[arg-type]
