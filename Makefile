@@ -28,6 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
 clean:

@@ -1,6 +1,6 @@
 """Training step time of the demo recipes (EfficientNet-lite0 + abstractor + SmolLM2-135M) on this machine.
 
-Runs the shipped recipe (``configs/world/stage1.yaml`` or ``stage2.yaml``) through the real ``owl train`` loop
+Runs the shipped recipe (``configs/world/full/stage1.yaml`` or ``stage2.yaml``) through the real ``owl train`` loop
 for a few steps in a temporary directory and prints the median seconds per step and tokens per second from the
 run's ``metrics.jsonl``, so the figure is the one ``make demo`` pays. Extra ``key=value`` arguments override the
 recipe exactly as on the ``owl train`` command line, which makes configurations easy to compare:
@@ -24,25 +24,34 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run(stage: int, steps: int, overrides: list[str], tmp: Path) -> list[dict]:
-    from owl.train.config import load_train_config
     from owl.train.loop import train
     from owl.train.metrics import read_metrics
+    from owl.world.recipes import load_recipe, load_world_spec, prepare_world, recipe_file
 
-    quiet = ["train.progress=false", "train.tensorboard=false", "train.log_every=1", f"data.world.out={tmp / 'world'}",
-             f"checkpoint.every={steps + 10}"]
-    s1 = load_train_config(ROOT / "configs/world/stage1.yaml",
-                           [f"output_dir={tmp / 'stage1'}", *quiet,
-                            f"train.max_steps={steps if stage == 1 else 1}", *(overrides if stage == 1 else [])])
+    world = prepare_world(tmp / "world", load_world_spec(recipe_file("full", "world.yaml")))
+    quiet = ["train.progress=false", "train.tensorboard=false", "train.log_every=1", f"checkpoint.every={steps + 10}"]
+    s1 = load_recipe(
+        "full",
+        "stage1",
+        world,
+        [
+            f"output_dir={tmp / 'stage1'}",
+            *quiet,
+            f"train.max_steps={steps if stage == 1 else 1}",
+            *(overrides if stage == 1 else []),
+        ],
+    )
     train(s1)
     if stage == 1:
         return read_metrics(tmp / "stage1")
-    s2 = load_train_config(ROOT / "configs/world/stage2.yaml",
-                           [f"output_dir={tmp / 'stage2'}", f"init_from={tmp / 'stage1'}", *quiet,
-                            f"train.max_steps={steps}", *overrides])
+    s2 = load_recipe(
+        "full",
+        "stage2",
+        world,
+        [f"output_dir={tmp / 'stage2'}", f"init_from={tmp / 'stage1'}", *quiet, f"train.max_steps={steps}", *overrides],
+    )
     train(s2)
     return read_metrics(tmp / "stage2")
 
@@ -65,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     s = statistics.median(m["s_per_step"] for m in timed)
     tok = statistics.median(m["tokens_per_s"] for m in timed)
     print(f"stage {args.stage}  overrides {' '.join(args.overrides) or '(none)'}  threads {torch.get_num_threads()}")
-    print(f"{s:.2f} s/step (median of {len(timed)}; min {min(m['s_per_step'] for m in timed):.2f}, "
-          f"max {max(m['s_per_step'] for m in timed):.2f})  {tok:,.0f} input tokens/s  "
-          f"(whole run incl. model load: {wall:.0f} s)")
+    print(
+        f"{s:.2f} s/step (median of {len(timed)}; min {min(m['s_per_step'] for m in timed):.2f}, "
+        f"max {max(m['s_per_step'] for m in timed):.2f})  {tok:,.0f} input tokens/s  "
+        f"(whole run incl. model load: {wall:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

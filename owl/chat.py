@@ -11,25 +11,32 @@ import sys
 from pathlib import Path
 
 from owl.conversation import IMAGE_TOKEN, Message, Sample
+from owl.errors import InputNotFound
 from owl.generation import GenerationOptions, generate
 
 
 def _check_images(paths: list[str]) -> list[str]:
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"image not found: {p}")
+            raise InputNotFound(f"image not found: {p}")
     return list(paths)
 
 
-def chat(model_dir: str, images: list[str] | None = None, message: str | None = None, max_new_tokens: int = 128,
-         temperature: float = 0.0) -> list[Message]:
+def chat(
+    model_dir: str,
+    images: list[str] | None = None,
+    message: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+) -> list[Message]:
     """Run the chat loop; returns the conversation."""
     from owl.models import load_model
     from owl.processing import OwlProcessor
 
     model, proc = load_model(model_dir).eval(), OwlProcessor.from_pretrained(model_dir)
-    options = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                temperature=temperature if temperature > 0 else 1.0)
+    options = GenerationOptions(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0
+    )
     messages: list[Message] = []
     all_images: list[str] = []
     pending = _check_images(images or [])
@@ -50,7 +57,10 @@ def chat(model_dir: str, images: list[str] | None = None, message: str | None = 
             messages, all_images, pending = [], [], []
             continue
         if line.startswith("/image "):
-            pending += _check_images([line[len("/image "):].strip()])
+            try:
+                pending += _check_images([line[len("/image ") :].strip()])
+            except InputNotFound as e:  # a typo in a path must not end the conversation
+                print(f"owl: {e}", file=sys.stderr)
             continue
         if not line:
             continue

@@ -1,8 +1,9 @@
 """The ``owl`` command. Thin: parses arguments and calls the library.
 
-Errors a user can fix (bad config key, missing file, unknown preset) print as
-one line ``owl: error: ...`` with exit status 2; set ``OWL_DEBUG=1`` to see
-the traceback.
+Errors a user can fix (an ``OwlError``: bad config key, missing file, unknown
+preset) print as one line ``owl: error: ...`` with exit status 2; set
+``OWL_DEBUG=1`` to see their traceback. Anything else is a bug (or the machine
+running out of memory) and keeps its full traceback, exit status 1.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import warnings
 from pathlib import Path
 
 from owl.config import PRESETS, OwlConfig, preset
-from owl.configtools import ConfigError, deep_merge, parse_overrides
-
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, OSError, RuntimeError)
+from owl.configtools import deep_merge, parse_overrides
+from owl.errors import ConfigNotFound, OwlError
 
 
 def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tuple[OwlConfig, Path | None]:
@@ -34,8 +34,9 @@ def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tupl
     elif name_or_dir in PRESETS:
         config = preset(name_or_dir)
     elif path.suffix or os.sep in name_or_dir:
-        raise FileNotFoundError(f"{name_or_dir} not found (give a model directory, a config file or a preset: "
-                                f"{', '.join(PRESETS)})")
+        raise ConfigNotFound(
+            f"{name_or_dir} not found (give a model directory, a config file or a preset: {', '.join(PRESETS)})"
+        )
     else:
         config = preset(name_or_dir)  # raises with the list of presets
     if overrides:
@@ -45,6 +46,7 @@ def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tupl
 
 # ----------------------------------------------------------------------------- commands
 
+
 def cmd_new(args: argparse.Namespace) -> None:
     import torch
 
@@ -53,14 +55,16 @@ def cmd_new(args: argparse.Namespace) -> None:
     config, _ = resolve_config(args.preset, args.set)
     torch.manual_seed(args.seed)
     model, config, tokenizer = build_model(config, vision_from=args.vision_from, llm_from=args.llm_from)
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    elif tokenizer is None and args.preset == "tiny":
+    if args.tokenizer == "byte":
         from owl.tokenizer import byte_tokenizer
 
         tokenizer = byte_tokenizer()
+    elif args.tokenizer:
+        from transformers import AutoTokenizer
+
+        if not Path(args.tokenizer).is_dir():
+            raise ConfigNotFound(f"--tokenizer {args.tokenizer}: no such directory (a tokenizer directory or 'byte')")
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     save_pretrained(model, args.out, tokenizer=tokenizer)
     note = "" if tokenizer is not None else " (no tokenizer: pass --llm-from or --tokenizer to include one)"
     print(f"wrote {args.out}{note}")
@@ -81,8 +85,12 @@ def info_dict(name_or_dir: str) -> dict:
         "parameters": {k: v["total"] for k, v in counts.items()},
         "trainable": {k: v["trainable"] for k, v in counts.items()},
         "visual_tokens_per_image": config.num_visual_tokens,
-        "vision": {"backbone": config.vision.backbone, "image_size": config.vision.image_size,
-                   "tokens": model.vision.num_tokens, "width": model.vision.hidden_size},
+        "vision": {
+            "backbone": config.vision.backbone,
+            "image_size": config.vision.image_size,
+            "tokens": model.vision.num_tokens,
+            "width": model.vision.hidden_size,
+        },
         "llm": {"model_type": config.llm.hf_config["model_type"], "hidden_size": config.llm.hidden_size},
         "template": config.processor.template,
     }
@@ -93,8 +101,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(d, indent=2))
         return
-    print(f"{d['source']}: {d['vision']['backbone']} vision ({d['vision']['image_size']} px, "
-          f"{d['vision']['tokens']} tokens) -> abstractor -> {d['llm']['model_type']} LLM")
+    print(
+        f"{d['source']}: {d['vision']['backbone']} vision ({d['vision']['image_size']} px, "
+        f"{d['vision']['tokens']} tokens) -> abstractor -> {d['llm']['model_type']} LLM"
+    )
     print(f"visual tokens per image: {d['visual_tokens_per_image']}")
     print(f"{'module':<12}{'parameters':>16}{'trainable':>16}")
     for k, v in d["parameters"].items():
@@ -111,16 +121,38 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from owl.world.demo import run_demo
 
-    run_demo(args.profile, args.out or f"runs/demo{'' if args.profile == 'full' else '-' + args.profile}", args.seed,
-             args.overrides)
+    run_demo(
+        args.profile,
+        args.out or f"runs/demo{'' if args.profile == 'full' else '-' + args.profile}",
+        args.seed,
+        args.overrides,
+    )
 
 
 def cmd_world_build(args: argparse.Namespace) -> None:
-    from owl.world import WorldConfig, build_world
+    import dataclasses
+    import json as _json
 
-    manifest = build_world(args.out, WorldConfig(image_size=args.image_size), seed=args.seed,
-                           n_captions=args.n_captions, n_instructions=args.n_instructions, n_text=args.n_text,
-                           n_eval=args.n_eval)
+    from owl.world.build import build_world
+    from owl.world.config import WorldConfig, WorldSpec
+    from owl.world.recipes import load_world_spec
+
+    spec = load_world_spec(args.spec) if args.spec else WorldSpec()
+    flags = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(WorldSpec) if getattr(args, f.name, None) is not None
+    }
+    spec = dataclasses.replace(spec, **flags)
+    manifest = build_world(
+        args.out,
+        WorldConfig(image_size=spec.image_size, **spec.config),
+        seed=spec.seed,
+        n_captions=spec.n_captions,
+        n_instructions=spec.n_instructions,
+        n_text=spec.n_text,
+        n_eval=spec.n_eval,
+        ability_weights=spec.ability_weights or None,
+    )
+    (Path(args.out) / "owl_world_spec.json").write_text(_json.dumps(dataclasses.asdict(spec), sort_keys=True))
     print(f"wrote Owl-World to {args.out}: " + ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()))
 
 
@@ -147,11 +179,23 @@ def cmd_world_ablation(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from owl.chat import chat
 
-    chat(args.model, images=args.image or [], message=args.message, max_new_tokens=args.max_new_tokens,
-         temperature=args.temperature)
+    chat(
+        args.model,
+        images=args.image or [],
+        message=args.message,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+    )
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+def _world_defaults():  # noqa: ANN202
+    from owl.world.config import WorldSpec
+
+    return WorldSpec()
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl-style multimodal LLMs: build, train, chat, eval.")
@@ -162,10 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--out", required=True, help="output model directory")
     n.add_argument("--vision-from", help="local HF CLIP/SigLIP directory (or EfficientNet .pth) for the vision tower")
     n.add_argument("--llm-from", help="local HF causal-LM directory or .gguf file for the LLM (and its tokenizer)")
-    n.add_argument("--tokenizer", help="local tokenizer directory (default: the LLM's, or a byte tokenizer for tiny)")
+    n.add_argument(
+        "--tokenizer",
+        help="a local tokenizer directory, or 'byte' for owl's byte tokenizer (default: the LLM's, with --llm-from)",
+    )
     n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. "
-                   "abstractor.num_queries=32")
+    n.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. abstractor.num_queries=32"
+    )
     n.set_defaults(func=cmd_new)
 
     i = sub.add_parser("info", help="parameter counts per module (no weights allocated)")
@@ -173,30 +221,47 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("train", help="run one training stage from a YAML recipe (resumes automatically)",
-                       description="Train one stage. Overrides use dotted keys: output_dir=runs/a optim.lr=3e-4 "
-                       "init_from=runs/stage1. Distributed: torchrun --nproc_per_node N -m owl.cli train ... "
-                       "or accelerate launch --config_file configs/accelerate/ddp.yaml -m owl.cli train ...")
+    t = sub.add_parser(
+        "train",
+        help="run one training stage from a YAML recipe (resumes automatically)",
+        description="Train one stage. Overrides use dotted keys: output_dir=runs/a optim.lr=3e-4 "
+        "init_from=runs/stage1. Distributed: torchrun --nproc_per_node N -m owl.cli train ... "
+        "or accelerate launch --config_file configs/accelerate/ddp.yaml -m owl.cli train ...",
+    )
     t.add_argument("config", help="a training recipe, e.g. configs/tiny/stage1.yaml")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="the whole paradigm on Owl-World, end to end, with a report")
-    d.add_argument("--profile", default="full", choices=["full", "quick"],
-                   help="full: SmolLM2-135M + pretrained CNN (~15 min on 2 cores); quick: tiny random LLM (<1 min)")
+    d.add_argument(
+        "--profile",
+        default="full",
+        choices=["full", "quick"],  # owl.world.recipes.PROFILES
+        help="full: SmolLM2-135M + pretrained CNN (~15 min on 2 cores); quick: tiny random LLM (<1 min)",
+    )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for both stages' recipes")
+    d.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides for both stages' recipes; world.KEY=VALUE for the world spec (e.g. world.n_eval=720)",
+    )
     d.set_defaults(func=cmd_demo)
 
-    w = sub.add_parser("world", help="Owl-World: build data, evaluate a model").add_subparsers(dest="world_cmd",
-                                                                                                 required=True)
+    w = sub.add_parser("world", help="Owl-World: build data, evaluate a model").add_subparsers(
+        dest="world_cmd", required=True
+    )
     wb = w.add_parser("build", help="generate an Owl-World dataset")
     wb.add_argument("--out", required=True)
-    wb.add_argument("--seed", type=int, default=0)
-    wb.add_argument("--image-size", type=int, default=128)
-    for name, default in (("captions", 2000), ("instructions", 2000), ("text", 400), ("eval", 600)):
-        wb.add_argument(f"--n-{name}", type=int, default=default)
+    wb.add_argument("--spec", help="a world spec YAML (e.g. configs/world/full/world.yaml); flags override it")
+    for name in ("seed", "image_size", "n_captions", "n_instructions", "n_text", "n_eval"):
+        wb.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            dest=name,
+            help=f"default: the spec's, else {getattr(_world_defaults(), name)}",
+        )
     wb.set_defaults(func=cmd_world_build)
     we = w.add_parser("eval", help="score a model on an Owl-World eval split")
     we.add_argument("model", help="model directory (or a training run's output directory)")
@@ -207,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--json", action="store_true")
     we.set_defaults(func=cmd_world_eval)
 
-    wa = w.add_parser("ablation", help="the paper's ablation in miniature (stage 1 only / stage 2 only / both / "
-                                        "both without text-only data), several seeds; long")
+    wa = w.add_parser(
+        "ablation",
+        help="the paper's ablation in miniature (stage 1 only / stage 2 only / both / "
+        "both without text-only data), several seeds; long",
+    )
     wa.add_argument("--out", default="runs/ablation")
     wa.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     wa.add_argument("--profile", default="full", choices=["full", "quick"])
@@ -234,12 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("owl: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
+    except OwlError as e:
         if os.environ.get("OWL_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"owl: error: {msg}", file=sys.stderr)
         return 2
+    except Exception:  # a bug, not the user's doing: the whole traceback, exit 1
+        import traceback
+
+        traceback.print_exc()
+        return 1
     return 0
 
 

@@ -13,14 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from owl.configtools import ConfigError, dump_yaml, from_dict
+from owl.configtools import dump_yaml, from_dict, read_yaml
+from owl.errors import ConfigError, ConfigNotFound
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF_MEAN = (0.498, 0.498, 0.498)  # TF EfficientNet-Lite: (x - 127) / 128
-HALF_STD = (0.502, 0.502, 0.502)
 
 MPLUG_SYSTEM_PROMPT = (
     "The following is a conversation between a curious human and AI assistant. "
@@ -63,16 +60,22 @@ class VisionConfig:
     def __post_init__(self) -> None:
         self.image_mean = tuple(self.image_mean)  # type: ignore[assignment]
         self.image_std = tuple(self.image_std)  # type: ignore[assignment]
-        _check(self.backbone in VISION_BACKBONES,
-               f"vision.backbone={self.backbone!r} is unknown; use one of {', '.join(VISION_BACKBONES)}")
+        _check(
+            self.backbone in VISION_BACKBONES,
+            f"vision.backbone={self.backbone!r} is unknown; use one of {', '.join(VISION_BACKBONES)}",
+        )
         _check(self.image_size > 0, f"vision.image_size={self.image_size} must be positive")
         _check(len(self.image_mean) == 3 and len(self.image_std) == 3, "vision.image_mean/std need 3 values (RGB)")
         _check(all(s > 0 for s in self.image_std), f"vision.image_std={self.image_std} must be positive")
         if self.backbone in ("clip", "siglip"):
-            _check(self.hidden_size % self.num_heads == 0,
-                   f"vision.hidden_size={self.hidden_size} is not divisible by vision.num_heads={self.num_heads}")
-            _check(self.image_size % self.patch_size == 0,
-                   f"vision.image_size={self.image_size} is not a multiple of vision.patch_size={self.patch_size}")
+            _check(
+                self.hidden_size % self.num_heads == 0,
+                f"vision.hidden_size={self.hidden_size} is not divisible by vision.num_heads={self.num_heads}",
+            )
+            _check(
+                self.image_size % self.patch_size == 0,
+                f"vision.image_size={self.image_size} is not a multiple of vision.patch_size={self.patch_size}",
+            )
 
 
 @dataclass
@@ -91,10 +94,14 @@ class AbstractorConfig:
     def __post_init__(self) -> None:
         _check(self.num_queries >= 1, f"abstractor.num_queries={self.num_queries} must be >= 1")
         _check(self.num_layers >= 1, f"abstractor.num_layers={self.num_layers} must be >= 1")
-        _check(self.hidden_size % self.num_heads == 0,
-               f"abstractor.hidden_size={self.hidden_size} is not divisible by abstractor.num_heads={self.num_heads}")
-        _check(0.0 <= self.attention_dropout < 1.0,
-               f"abstractor.attention_dropout={self.attention_dropout} must be in [0, 1)")
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            f"abstractor.hidden_size={self.hidden_size} is not divisible by abstractor.num_heads={self.num_heads}",
+        )
+        _check(
+            0.0 <= self.attention_dropout < 1.0,
+            f"abstractor.attention_dropout={self.attention_dropout} must be in [0, 1)",
+        )
 
     @property
     def num_visual_tokens(self) -> int:
@@ -163,39 +170,54 @@ class OwlConfig:
     def load(cls, path: str | Path) -> OwlConfig:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text()
-        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            raise ConfigNotFound(f"config file not found: {path}")
+        if path.suffix != ".json":
+            return cls.from_dict(read_yaml(path))
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
         return cls.from_dict(d)
 
 
 # ----------------------------------------------------------------------------- presets
 
+
 def _llama_7b() -> dict[str, Any]:
     return {
-        "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2,
-        "pad_token_id": 0, "tie_word_embeddings": False, "hidden_act": "silu",
-    }
-
-
-def _smollm2_135m() -> dict[str, Any]:
-    """SmolLM2-135M-Instruct's architecture (the demo loads its weights from the GGUF file)."""
-    return {
-        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
     }
 
 
 def _tiny_llama(vocab_size: int) -> dict[str, Any]:
     return {
-        "model_type": "llama", "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "hidden_act": "silu",
     }
 
 
@@ -205,33 +227,38 @@ def preset(name: str) -> OwlConfig:
 
     if name == "mplug-owl-llama-7b":
         return OwlConfig(
-            vision=VisionConfig(backbone="clip", image_size=224, hidden_size=1024, num_layers=24, num_heads=16,
-                                intermediate_size=4096, patch_size=14),
-            abstractor=AbstractorConfig(hidden_size=1024, num_layers=6, num_heads=16, intermediate_size=2816,
-                                        num_queries=64),
+            vision=VisionConfig(
+                backbone="clip",
+                image_size=224,
+                hidden_size=1024,
+                num_layers=24,
+                num_heads=16,
+                intermediate_size=4096,
+                patch_size=14,
+            ),
+            abstractor=AbstractorConfig(
+                hidden_size=1024, num_layers=6, num_heads=16, intermediate_size=2816, num_queries=64
+            ),
             llm=LLMConfig(_llama_7b()),
             processor=ProcessorConfig(max_length=2048),
         )
     if name == "tiny":
         return OwlConfig(
-            vision=VisionConfig(backbone="clip", image_size=28, hidden_size=32, num_layers=2, num_heads=4,
-                                intermediate_size=64, patch_size=14),
-            abstractor=AbstractorConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=88,
-                                        num_queries=4),
+            vision=VisionConfig(
+                backbone="clip",
+                image_size=28,
+                hidden_size=32,
+                num_layers=2,
+                num_heads=4,
+                intermediate_size=64,
+                patch_size=14,
+            ),
+            abstractor=AbstractorConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=88, num_queries=4),
             llm=LLMConfig(_tiny_llama(BYTE_VOCAB_SIZE)),
             processor=ProcessorConfig(max_length=512),
-        )
-    if name == "owl-world":
-        return OwlConfig(
-            vision=VisionConfig(backbone="efficientnet", image_size=128, feature_block=None, learned_pos_embed=True,
-                                image_mean=HALF_MEAN, image_std=HALF_STD),
-            abstractor=AbstractorConfig(hidden_size=384, num_layers=2, num_heads=6, intermediate_size=1024,
-                                        num_queries=16),
-            llm=LLMConfig(_smollm2_135m()),
-            processor=ProcessorConfig(template="chat-template", system_prompt="Answer briefly.", max_length=256),
         )
     known = ", ".join(PRESETS)
     raise ConfigError(f"unknown preset {name!r}; known presets: {known}")
 
 
-PRESETS: tuple[str, ...] = ("mplug-owl-llama-7b", "owl-world", "tiny")
+PRESETS: tuple[str, ...] = ("mplug-owl-llama-7b", "tiny")

@@ -12,15 +12,16 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from owl.errors import ConfigError
+
+__all__ = ["ConfigError", "deep_merge", "dump_yaml", "from_dict", "parse_overrides", "read_yaml", "reject_unknown"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key, the value and the fix."""
 
 
 def _dataclass_type(hint: Any) -> type | None:
@@ -114,12 +115,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
 def dump_yaml(obj: Any) -> str:
     """YAML for a dataclass, tuples written as lists."""
+
     def plain(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: plain(v) for k, v in x.items()}
@@ -128,3 +126,19 @@ def dump_yaml(obj: Any) -> str:
         return x
 
     return yaml.safe_dump(plain(dataclasses.asdict(obj)), sort_keys=False)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a syntax error is one line naming the file, line and column."""
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML error: {e}") from None
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(d).__name__}")
+    return d

@@ -15,6 +15,8 @@ from typing import Literal, Union
 
 from PIL import Image
 
+from owl.errors import DataError
+
 IMAGE_TOKEN = "<image>"
 """Marker for one image inside message text; expanded to the visual tokens."""
 
@@ -25,8 +27,8 @@ ImageSource = Union[str, Path, bytes, Image.Image]
 """A path (resolved against an image root by the loader), raw bytes, or a PIL image."""
 
 
-class SampleError(ValueError):
-    """A sample that cannot be used; ``reason`` is a short key used for skip counts."""
+class SampleError(DataError):
+    """A sample that cannot be used; ``reason`` is a short key used for skip counts (training skips and counts it)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -46,8 +48,9 @@ class Message:
         if not isinstance(self.content, str):
             raise SampleError("bad_type", f"message content must be a string, got {type(self.content).__name__}")
         if self.role != "user" and IMAGE_TOKEN in self.content:
-            raise SampleError("image_in_non_user_turn",
-                              f"{IMAGE_TOKEN} may only appear in user turns, found in a {self.role} turn")
+            raise SampleError(
+                "image_in_non_user_turn", f"{IMAGE_TOKEN} may only appear in user turns, found in a {self.role} turn"
+            )
 
 
 @dataclass

@@ -16,8 +16,9 @@ import torch
 from transformers import GenerationConfig
 
 from owl.conversation import Sample
+from owl.errors import InputError
 from owl.models.owl import OwlModel
-from owl.processing import OwlProcessor
+from owl.processing import Encoded, OwlProcessor
 
 
 @dataclass
@@ -33,20 +34,21 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+            raise InputError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature} must be > 0 when sampling "
-                             "(use do_sample=False for greedy)")
+            raise InputError(
+                f"temperature={self.temperature} must be > 0 when sampling (use do_sample=False for greedy)"
+            )
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+            raise InputError(f"top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
+            raise InputError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0")
+            raise InputError(f"repetition_penalty={self.repetition_penalty} must be > 0")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
+            raise InputError("stop strings must be non-empty")
 
 
 @dataclass
@@ -67,9 +69,14 @@ def eos_ids(model: OwlModel, processor: OwlProcessor) -> list[int]:
 
 
 def _hf_config(options: GenerationOptions, eos: list[int], pad: int) -> GenerationConfig:
-    kw: dict = {"max_new_tokens": options.max_new_tokens, "eos_token_id": eos, "pad_token_id": pad,
-                "do_sample": options.do_sample, "repetition_penalty": options.repetition_penalty,
-                "stop_strings": options.stop or None}
+    kw: dict = {
+        "max_new_tokens": options.max_new_tokens,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "do_sample": options.do_sample,
+        "repetition_penalty": options.repetition_penalty,
+        "stop_strings": options.stop or None,
+    }
     if options.do_sample:
         kw |= {"temperature": options.temperature, "top_k": options.top_k or None, "top_p": options.top_p}
     return GenerationConfig(**kw)
@@ -87,12 +94,13 @@ def generate(
     options = options or GenerationOptions()
     out: list[Completion] = []
     for start in range(0, len(samples), batch_size):
-        out += _generate_batch(model, processor, samples[start:start + batch_size], options)
+        out += _generate_batch(model, processor, samples[start : start + batch_size], options)
     return out
 
 
-def _generate_batch(model: OwlModel, processor: OwlProcessor, samples: list[Sample],
-                    options: GenerationOptions) -> list[Completion]:
+def _generate_batch(
+    model: OwlModel, processor: OwlProcessor, samples: list[Sample], options: GenerationOptions
+) -> list[Completion]:
     was_training = model.training
     model.eval()
     encoded = [processor.encode(s, for_generation=True) for s in samples]
@@ -104,7 +112,9 @@ def _generate_batch(model: OwlModel, processor: OwlProcessor, samples: list[Samp
         if options.seed is not None:
             torch.manual_seed(options.seed)
         tokens = model.llm.generate(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], generation_config=cfg,
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            generation_config=cfg,
             tokenizer=processor.tokenizer if options.stop else None,
         )  # (B, new) : with only inputs_embeds, transformers returns just the new tokens
     model.train(was_training)
@@ -114,8 +124,13 @@ def _generate_batch(model: OwlModel, processor: OwlProcessor, samples: list[Samp
     return results
 
 
-def _finish(row: list[int], enc, eos: list[int], processor: OwlProcessor,  # noqa: ANN001
-            options: GenerationOptions) -> Completion:
+def _finish(
+    row: list[int],
+    enc: Encoded,
+    eos: list[int],
+    processor: OwlProcessor,
+    options: GenerationOptions,
+) -> Completion:
     n = len(row)
     for i, t in enumerate(row):
         if t in eos:

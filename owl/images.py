@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from owl.conversation import ImageSource, SampleError
+from owl.errors import ConfigError
 
 
 @dataclass
@@ -37,9 +38,9 @@ class Augment:
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"augment.crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
+            raise ConfigError(f"augment.crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
         if not 0 <= self.flip_prob <= 1:
-            raise ValueError(f"augment.flip_prob={self.flip_prob} must be in [0, 1]")
+            raise ConfigError(f"augment.flip_prob={self.flip_prob} must be in [0, 1]")
 
 
 class ImageTransform:

@@ -13,6 +13,7 @@ never cuts an image run and rejects a sample left without targets.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +22,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from owl.config import OwlConfig, ProcessorConfig, VisionConfig
+from owl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
 from owl.conversation import Sample, SampleError
+from owl.errors import ConfigError
 from owl.images import Augment, ImageTransform
-from owl.models.owl import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
 from owl.template import Segment, render
 
 
@@ -61,17 +63,26 @@ class OwlProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.num_visual_tokens = num_visual_tokens
-        self.images = ImageTransform(vision.image_size, vision.image_mean, vision.image_std,
-                                     config.max_image_pixels, augment)
+        self.images = ImageTransform(
+            vision.image_size, vision.image_mean, vision.image_std, config.max_image_pixels, augment
+        )
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos_token; set one (answers end with EOS)")
+            raise ConfigError("the tokenizer has no eos_token; set one (answers end with EOS)")
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     @classmethod
-    def from_config(cls, config: OwlConfig, tokenizer: PreTrainedTokenizerBase,
-                    augment: Augment | None = None) -> OwlProcessor:
-        return cls(tokenizer, config.processor, config.vision, config.num_visual_tokens, augment)
+    def from_config(
+        cls,
+        config: OwlConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        augment: Augment | None = None,
+        max_length: int | None = None,
+    ) -> OwlProcessor:
+        """``max_length`` overrides ``config.processor.max_length`` for this processor only (training truncation,
+        ``data.max_length``); the model's own config, and so the saved inference limit, is left as it is."""
+        proc = config.processor if max_length is None else dataclasses.replace(config.processor, max_length=max_length)
+        return cls(tokenizer, proc, config.vision, config.num_visual_tokens, augment)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, augment: Augment | None = None) -> OwlProcessor:
@@ -82,8 +93,13 @@ class OwlProcessor:
 
     # ------------------------------------------------------------------ one sample
     def segments(self, sample: Sample, for_generation: bool) -> list[Segment]:
-        return render(self.config.template, self.tokenizer, sample.messages, self.config.system_prompt,
-                      add_generation_prompt=for_generation)
+        return render(
+            self.config.template,
+            self.tokenizer,
+            sample.messages,
+            self.config.system_prompt,
+            add_generation_prompt=for_generation,
+        )
 
     def encode(self, sample: Sample, for_generation: bool = False, rng: np.random.Generator | None = None) -> Encoded:
         """Tokenise one sample; raise ``SampleError`` (with a reason key) if it cannot be used."""
@@ -124,8 +140,11 @@ class OwlProcessor:
             ids, labels = ids[:cut], labels[:cut]
             n_images = sum(1 for s in image_starts if s + self.num_visual_tokens <= cut)
         if not for_generation and all(x == IGNORE_INDEX for x in labels):
-            why = f"no answer tokens left after truncation to processor.max_length={limit}" if truncated \
+            why = (
+                f"no answer tokens left after truncation to processor.max_length={limit}"
+                if truncated
                 else "sample has no answer to learn from"
+            )
             raise SampleError("no_target", why)
         pixels = None
         if n_images:
@@ -150,7 +169,9 @@ class OwlProcessor:
             attention[i, sl] = 1
         pix = [e.pixel_values for e in items if e.pixel_values is not None]
         batch = {
-            "input_ids": input_ids, "attention_mask": attention, "labels": labels,
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
             "image_counts": torch.tensor([e.num_images for e in items], dtype=torch.long),
             "pixel_values": torch.cat(pix) if pix else None,
         }

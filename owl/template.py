@@ -31,7 +31,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from transformers import PreTrainedTokenizerBase
+
 from owl.conversation import IMAGE_TOKEN, Message
+from owl.errors import ConfigError
 
 _LEADING_IMAGES = re.compile(r"^(\s*" + re.escape(IMAGE_TOKEN) + r")+\s*")
 
@@ -73,7 +76,7 @@ def render_v1(messages: list[Message], system_prompt: str, add_generation_prompt
             if lead:
                 for _ in range(lead.group(0).count(IMAGE_TOKEN)):
                     segs += [Segment("text", "Human: "), Segment("image"), Segment("text", "\n")]
-                text = text[lead.end():]
+                text = text[lead.end() :]
             if text.strip():
                 segs += _split_images(f"Human: {text.strip()}\n", target=False)
         else:
@@ -90,11 +93,17 @@ def render_v1(messages: list[Message], system_prompt: str, add_generation_prompt
     return segs
 
 
-def render_chat_template(tokenizer, messages: list[Message], system_prompt: str,  # noqa: ANN001
-                         add_generation_prompt: bool) -> list[Segment]:
+def render_chat_template(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    system_prompt: str,
+    add_generation_prompt: bool,
+) -> list[Segment]:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("processor.template=chat-template but the tokenizer has no chat_template; "
-                         "use template mplug-owl-v1 or a tokenizer with a chat template")
+        raise ConfigError(
+            "processor.template=chat-template but the tokenizer has no chat_template; "
+            "use template mplug-owl-v1 or a tokenizer with a chat template"
+        )
     msgs = [{"role": m.role, "content": m.content} for m in messages]
     if system_prompt and (not msgs or msgs[0]["role"] != "system"):
         msgs.insert(0, {"role": "system", "content": system_prompt})
@@ -109,34 +118,42 @@ def render_chat_template(tokenizer, messages: list[Message], system_prompt: str,
             continue
         prefix, full = render(i, True), render(i + 1, False)
         if not prefix.startswith(done) or not full.startswith(prefix):
-            raise ValueError("the tokenizer's chat template does not render conversations incrementally "
-                             "(a prefix of the messages does not render to a prefix of the text); "
-                             "use template mplug-owl-v1")
-        segs += _split_images(prefix[len(done):], target=False)
-        answer = full[len(prefix):]
+            raise ConfigError(
+                "the tokenizer's chat template does not render conversations incrementally "
+                "(a prefix of the messages does not render to a prefix of the text); "
+                "use template mplug-owl-v1"
+            )
+        segs += _split_images(prefix[len(done) :], target=False)
+        answer = full[len(prefix) :]
         stripped = answer.rstrip()
         if IMAGE_TOKEN in answer:
-            raise ValueError(f"{IMAGE_TOKEN} in an assistant turn")
+            raise ConfigError(f"{IMAGE_TOKEN} in an assistant turn")
         segs.append(Segment("text", stripped, target=True))
         if len(answer) > len(stripped):
-            segs.append(Segment("text", answer[len(stripped):]))
+            segs.append(Segment("text", answer[len(stripped) :]))
         done = full
     final = render(len(msgs), add_generation_prompt)
     if not final.startswith(done):
-        raise ValueError("the tokenizer's chat template does not render conversations incrementally; "
-                         "use template mplug-owl-v1")
-    segs += _split_images(final[len(done):], target=False)
+        raise ConfigError(
+            "the tokenizer's chat template does not render conversations incrementally; use template mplug-owl-v1"
+        )
+    segs += _split_images(final[len(done) :], target=False)
     return segs
 
 
-def render(template: str, tokenizer, messages: list[Message], system_prompt: str,  # noqa: ANN001
-           add_generation_prompt: bool) -> list[Segment]:
+def render(
+    template: str,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    system_prompt: str,
+    add_generation_prompt: bool,
+) -> list[Segment]:
     """Render ``messages`` with the named template (see the module docstring)."""
     if template == "mplug-owl-v1":
         return render_v1(messages, system_prompt, add_generation_prompt)
     if template == "chat-template":
         return render_chat_template(tokenizer, messages, system_prompt, add_generation_prompt)
-    raise ValueError(f"unknown template {template!r}; use mplug-owl-v1 or chat-template")
+    raise ConfigError(f"unknown template {template!r}; use mplug-owl-v1 or chat-template")
 
 
 def segments_to_text(segs: list[Segment], eos: str = "</s>") -> str:

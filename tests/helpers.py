@@ -23,5 +23,6 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd=None)
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "owl.cli"]
     root = str(Path(__file__).resolve().parents[1])
     full_env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": root} | (env or {})
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=cwd)
+    return subprocess.run(
+        cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+    )

@@ -38,25 +38,43 @@ def test_new_from_local_hf_parts(tmp_path):
     from owl.tokenizer import byte_tokenizer
 
     torch.manual_seed(0)
-    CLIPVisionModel(ClipVisionTower.hf_config(VisionConfig(image_size=28, hidden_size=24, num_layers=1, num_heads=2,
-                                                           intermediate_size=48, patch_size=14))).save_pretrained(
-        tmp_path / "clip")
-    LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=40, intermediate_size=80, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llm")
+    CLIPVisionModel(
+        ClipVisionTower.hf_config(
+            VisionConfig(image_size=28, hidden_size=24, num_layers=1, num_heads=2, intermediate_size=48, patch_size=14)
+        )
+    ).save_pretrained(tmp_path / "clip")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=259,
+            hidden_size=40,
+            intermediate_size=80,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path / "llm")
     byte_tokenizer().save_pretrained(tmp_path / "llm")
-    r = run_cli("new", "--preset", "tiny", "--out", tmp_path / "m", "--vision-from", tmp_path / "clip",
-                "--llm-from", tmp_path / "llm")
+    r = run_cli(
+        "new",
+        "--preset",
+        "tiny",
+        "--out",
+        tmp_path / "m",
+        "--vision-from",
+        tmp_path / "clip",
+        "--llm-from",
+        tmp_path / "llm",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(run_cli("info", tmp_path / "m", "--json").stdout)
     assert d["vision"]["width"] == 24 and d["llm"]["hidden_size"] == 40
     assert (tmp_path / "m" / "tokenizer.json").exists()
 
 
-def test_errors_are_one_readable_line_from_the_real_command(tmp_path):
+def test_errors_are_one_readable_line_from_the_real_command():
     r = run_cli("info", "no-such-preset")
     assert r.returncode == 2
-    assert r.stderr.strip() == ("owl: error: unknown preset 'no-such-preset'; "
-                                "known presets: mplug-owl-llama-7b, owl-world, tiny")
+    assert r.stderr.strip() == ("owl: error: unknown preset 'no-such-preset'; known presets: mplug-owl-llama-7b, tiny")
 
 
 def test_errors_are_one_readable_line(tmp_path, capsys):
@@ -65,11 +83,15 @@ def test_errors_are_one_readable_line(tmp_path, capsys):
     cases = [
         (["info", tmp_path / "missing-dir/"], "not found"),
         (["info", tmp_path], "not an owl model directory"),
-        (["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor.num_querie=3"],
-         "did you mean abstractor.num_queries"),
+        (
+            ["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor.num_querie=3"],
+            "did you mean abstractor.num_queries",
+        ),
         (["new", "--preset", "tiny", "--out", tmp_path / "x", "--llm-from", tmp_path / "nope"], "LLM not found"),
-        (["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor"],
-         "must look like section.key=value"),
+        (
+            ["new", "--preset", "tiny", "--out", tmp_path / "x", "--set", "abstractor"],
+            "must look like section.key=value",
+        ),
     ]
     for args, expected in cases:
         assert main([str(a) for a in args]) == 2

@@ -17,8 +17,14 @@ def test_save_load_round_trip(tmp_path, suffix):
 def test_reference_sizes_in_preset():
     cfg = preset("mplug-owl-llama-7b")
     v, a, llm = cfg.vision, cfg.abstractor, cfg.llm.hf_config
-    assert (v.image_size, v.patch_size, v.hidden_size, v.num_layers, v.layer_norm_eps, v.hidden_act) == \
-        (224, 14, 1024, 24, 1e-6, "quick_gelu")
+    assert (v.image_size, v.patch_size, v.hidden_size, v.num_layers, v.layer_norm_eps, v.hidden_act) == (
+        224,
+        14,
+        1024,
+        24,
+        1e-6,
+        "quick_gelu",
+    )
     assert (a.num_layers, a.hidden_size, a.num_heads, a.intermediate_size, a.num_queries) == (6, 1024, 16, 2816, 64)
     assert cfg.num_visual_tokens == 65 and llm["hidden_size"] == 4096 and llm["num_hidden_layers"] == 32
 

@@ -80,8 +80,9 @@ def test_eos_stops_generation():
     assert all(c.text == "" and c.finish_reason == "stop" and c.completion_tokens == 0 for c in out)
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(do_sample=True, temperature=0), dict(top_p=0),
-                                 dict(top_k=-1), dict(stop=[""])])
+@pytest.mark.parametrize(
+    "bad", [dict(max_new_tokens=0), dict(do_sample=True, temperature=0), dict(top_p=0), dict(top_k=-1), dict(stop=[""])]
+)
 def test_option_validation(bad):
     with pytest.raises(ValueError):
         GenerationOptions(**bad)

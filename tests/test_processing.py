@@ -34,11 +34,14 @@ def conv(*turns, images=()):
 
 
 def test_v1_template_text_exactly():
-    s = conv("<image>\nWhat is in the picture?", "A cat on a sofa.", "What colour is it?", "Black.",
-             images=[random_image(0)])
+    s = conv(
+        "<image>\nWhat is in the picture?", "A cat on a sofa.", "What colour is it?", "Black.", images=[random_image(0)]
+    )
     text = segments_to_text(render("mplug-owl-v1", TOK, s.messages, MPLUG_SYSTEM_PROMPT, False))
-    assert text == (f"{MPLUG_SYSTEM_PROMPT}\nHuman: <image>\nHuman: What is in the picture?\nAI: A cat on a sofa.</s>\n"
-                    "Human: What colour is it?\nAI: Black.</s>")
+    assert text == (
+        f"{MPLUG_SYSTEM_PROMPT}\nHuman: <image>\nHuman: What is in the picture?\nAI: A cat on a sofa.</s>\n"
+        "Human: What colour is it?\nAI: Black.</s>"
+    )
     prompt = segments_to_text(render("mplug-owl-v1", TOK, s.messages[:3], MPLUG_SYSTEM_PROMPT, True))
     assert prompt.endswith("Human: What colour is it?\nAI: ")
 
@@ -48,8 +51,10 @@ def test_v1_several_images_one_line_each_and_inline_markers_stay():
     text = segments_to_text(render("mplug-owl-v1", TOK, s.messages, "", True))
     assert text == "Human: <image>\nHuman: <image>\nHuman: Compare them.\nAI: "
     s = Sample([Message("user", "Is <image> bigger than <image>?")], [random_image(0), random_image(1)])
-    assert segments_to_text(render("mplug-owl-v1", TOK, s.messages, "", True)) == \
-        "Human: Is <image> bigger than <image>?\nAI: "
+    assert (
+        segments_to_text(render("mplug-owl-v1", TOK, s.messages, "", True))
+        == "Human: Is <image> bigger than <image>?\nAI: "
+    )
 
 
 def test_labels_cover_exactly_answers_and_eos():
@@ -91,9 +96,15 @@ def test_chat_template_path_targets_and_prefix():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    turns=st.lists(st.tuples(st.integers(0, 2),
-                             st.text(st.characters(codec="utf-8", exclude_characters="<"), max_size=12),
-                             st.text(min_size=1, max_size=12)), min_size=1, max_size=3),
+    turns=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.text(st.characters(codec="utf-8", exclude_characters="<"), max_size=12),
+            st.text(min_size=1, max_size=12),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
     template=st.sampled_from(["mplug-owl-v1", "chat-template"]),
 )
 def test_placeholder_and_label_properties(turns, template):
@@ -112,7 +123,7 @@ def test_placeholder_and_label_properties(turns, template):
     assert int((ids[tgt] == TOK.eos_token_id).sum()) >= len(turns)  # every answer ends with EOS
     # every image run is whole: run starts are V apart or separated by text
     starts = [i for i in range(len(ids)) if is_img[i] and (i == 0 or not is_img[i - 1])]
-    runs = sum(int(is_img[s: s + V].all()) for s in starts)
+    runs = sum(int(is_img[s : s + V].all()) for s in starts)
     assert sum((int(is_img[s:].long().cumprod(0).sum()) // V) for s in starts) == len(images) and runs == len(starts)
 
 

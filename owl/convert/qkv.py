@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def split_fused_qkv(weight: torch.Tensor, bias: torch.Tensor | None, num_heads: int
-                    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def split_fused_qkv(
+    weight: torch.Tensor, bias: torch.Tensor | None, num_heads: int
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(3W, W)`` fused weight (+ ``(3W,)`` bias) -> ``[(Wq, bq), (Wk, bk), (Wv, bv)]``."""
     three_w, width = weight.shape
     if three_w != 3 * width or width % num_heads:
@@ -20,12 +21,15 @@ def split_fused_qkv(weight: torch.Tensor, bias: torch.Tensor | None, num_heads: 
     hd = width // num_heads
     w = weight.view(num_heads, 3, hd, width)
     b = bias.view(num_heads, 3, hd) if bias is not None else None
-    return [(w[:, i].reshape(width, width).clone(), b[:, i].reshape(width).clone() if b is not None else None)
-            for i in range(3)]
+    return [
+        (w[:, i].reshape(width, width).clone(), b[:, i].reshape(width).clone() if b is not None else None)
+        for i in range(3)
+    ]
 
 
-def fuse_qkv(parts: list[tuple[torch.Tensor, torch.Tensor | None]], num_heads: int
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fuse_qkv(
+    parts: list[tuple[torch.Tensor, torch.Tensor | None]], num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inverse of :func:`split_fused_qkv`."""
     width = parts[0][0].shape[1]
     hd = width // num_heads

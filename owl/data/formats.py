@@ -43,6 +43,7 @@ from owl.data.source import (
     resolve_files,
 )
 from owl.data.webdataset import iter_shard
+from owl.errors import DataError
 
 __all__ = ["FORMATS", "Skipped", "SourceSpec", "count_records", "iter_source", "parse_mplug_text"]
 
@@ -69,8 +70,9 @@ _MPLUG_PREFIXES = (("Human: ", "Human:", "user"), ("AI: ", "AI:", "assistant"))
 def iter_source(spec: SourceSpec) -> Iterator[Sample | Skipped]:
     """Yield every record of the source in a deterministic order (files sorted), one pass.
 
-    Raises FileNotFoundError when no file matches ``spec.path`` and ValueError
-    when a JSON list file is not a list; every other problem is a Skipped.
+    Raises DataFileNotFound (a FileNotFoundError) when no file matches
+    ``spec.path`` and DataError (a ValueError) when a JSON list file is not a
+    list; every other problem is a Skipped.
     """
     files, missing = resolve_files(spec)
     for path in missing:
@@ -150,7 +152,7 @@ def _is_json_list(spec: SourceSpec, path: str) -> bool:
     if first == b"[":
         return True
     if spec.format in _LIST_FORMATS and first not in (b"{", b""):
-        raise ValueError(
+        raise DataError(
             f"data source {spec.name!r}: {path} is not a JSON list "
             f"(it starts with {first.decode(errors='replace')!r}); "
             f"{spec.format} files are a JSON list of records [{{...}}, ...] or JSON lines of records"
@@ -175,7 +177,7 @@ def _reject_single_object(spec: SourceSpec, path: str) -> None:
     except ValueError:
         return  # neither one object nor a clean first line: read as lines, bad ones are skipped
     keys = ", ".join(list(whole)[:5]) if isinstance(whole, dict) else ""
-    raise ValueError(
+    raise DataError(
         f"data source {spec.name!r}: {path} holds one JSON object (keys: {keys}), not a list of records; "
         f"{spec.format} files are a JSON list [{{...}}, ...]: extract the list into its own file"
     )
@@ -186,12 +188,12 @@ def _load_list(spec: SourceSpec, path: str) -> list:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except ValueError as error:
-        raise ValueError(
+        raise DataError(
             f"data source {spec.name!r}: {path} is not valid JSON ({error}); fix the file, or write it as "
             f"JSON lines (one record per line) so that one bad record only skips itself"
         ) from None
     if not isinstance(data, list):
-        raise ValueError(  # noqa: TRY004 (a bad file is a bad value, not a programming error)
+        raise DataError(
             f"data source {spec.name!r}: {path} holds a JSON {type(data).__name__}, not a list of records; "
             f"{spec.format} files are a JSON list [{{...}}, ...] or JSON lines"
         )
@@ -304,7 +306,7 @@ def _llava(record: dict, spec: SourceSpec, image_root: str) -> Sample:
     return Sample(messages, images=images)
 
 
-def _alpaca(record: dict, spec: SourceSpec, image_root: str) -> Sample:
+def _alpaca(record: dict, spec: SourceSpec, _image_root: str) -> Sample:
     instruction = _get(record, spec, "instruction", str)
     extra = _get(record, spec, "input", str, required=False) or ""
     output = _get(record, spec, "output", str)
@@ -314,7 +316,7 @@ def _alpaca(record: dict, spec: SourceSpec, image_root: str) -> Sample:
     return Sample([Message("user", prompt), Message("assistant", output)])
 
 
-def _sharegpt(record: dict, spec: SourceSpec, image_root: str) -> Sample:
+def _sharegpt(record: dict, spec: SourceSpec, _image_root: str) -> Sample:
     return Sample(_conversation(_get(record, spec, "conversations", list), spec))
 
 

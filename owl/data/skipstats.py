@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from owl.data.source import Skipped
+from owl.errors import CheckpointError
 
 _FORMAT_VERSION = 1
 _EXAMPLE_CHARS = 200
@@ -135,14 +136,14 @@ class SkipStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SkipStats:
-        """Restore counts saved by :meth:`to_dict`; ValueError if ``data`` is not such a dict."""
+        """Restore counts saved by :meth:`to_dict`; CheckpointError (a ValueError) if ``data`` is not such a dict."""
         if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"not a SkipStats dict of version {_FORMAT_VERSION}: {str(data)[:80]}")
+            raise CheckpointError(f"not a SkipStats dict of version {_FORMAT_VERSION}: {str(data)[:80]}")
         ok, skipped, examples = data.get("ok", {}), data.get("skipped", {}), data.get("examples", {})
         if not (_is_counts(ok) and isinstance(skipped, dict) and all(_is_counts(r) for r in skipped.values())):
-            raise ValueError(f"SkipStats dict has malformed counts: {str(data)[:80]}")
+            raise CheckpointError(f"SkipStats dict has malformed counts: {str(data)[:80]}")
         if not (isinstance(examples, dict) and all(isinstance(e, dict) for e in examples.values())):
-            raise ValueError(f"SkipStats dict has malformed examples: {str(data)[:80]}")
+            raise CheckpointError(f"SkipStats dict has malformed examples: {str(data)[:80]}")
         return cls(
             ok=dict(ok),
             skipped={name: dict(reasons) for name, reasons in skipped.items()},

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from braceexpand import braceexpand
 
 from owl.conversation import IMAGE_TOKEN, Message, Sample, SampleError
+from owl.errors import ConfigError, DataFileNotFound
 
 FORMATS: tuple[str, ...] = ("captions", "webdataset", "mplug", "llava", "alpaca", "sharegpt")
 """Every value ``SourceSpec.format`` accepts."""
@@ -64,40 +65,41 @@ class SourceSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"data source name must be a non-empty string, got {self.name!r}")
+            raise ConfigError(f"data source name must be a non-empty string, got {self.name!r}")
         where = f"data source {self.name!r}"
         if self.format not in FORMATS:
-            raise ValueError(f"{where}: unknown format {self.format!r}; valid formats: {', '.join(FORMATS)}")
+            raise ConfigError(f"{where}: unknown format {self.format!r}; valid formats: {', '.join(FORMATS)}")
         if isinstance(self.path, os.PathLike):
             self.path = os.fspath(self.path)
         if not isinstance(self.path, str) or not self.path:
-            raise ValueError(f"{where}: path must be a file, glob or brace pattern, got {self.path!r}")
+            raise ConfigError(f"{where}: path must be a file, glob or brace pattern, got {self.path!r}")
         number = isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool)
         if not (number and math.isfinite(self.weight) and self.weight > 0):
-            raise ValueError(f"{where}: weight must be a finite number > 0, got {self.weight!r}")
-        # Config mistakes are ValueErrors throughout, type mistakes included, so one except catches them.
+            raise ConfigError(f"{where}: weight must be a finite number > 0, got {self.weight!r}")
+        # Config mistakes are ConfigErrors (ValueErrors) throughout, type mistakes included, so one except
+        # catches them.
         if not isinstance(self.fields, dict):
-            raise ValueError(f"{where}: fields must be a mapping of field renames, got {self.fields!r}")  # noqa: TRY004
+            raise ConfigError(f"{where}: fields must be a mapping of field renames, got {self.fields!r}")
         valid = DEFAULT_FIELDS[self.format]
         for key, value in self.fields.items():
             if key not in valid:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: unknown field {key!r} for format {self.format!r}; valid fields: {', '.join(valid)}"
                 )
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{where}: fields[{key!r}] must be a non-empty field name, got {value!r}")
+                raise ConfigError(f"{where}: fields[{key!r}] must be a non-empty field name, got {value!r}")
         if self.image_root is not None:
             if isinstance(self.image_root, os.PathLike):
                 self.image_root = os.fspath(self.image_root)
             if self.format not in PATH_IMAGE_FORMATS:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: image_root does nothing for format {self.format!r} "
                     f"(only {', '.join(sorted(PATH_IMAGE_FORMATS))} read image paths); remove it"
                 )
         if not isinstance(self.caption_prompt, str):
-            raise ValueError(f"{where}: caption_prompt must be a string, got {self.caption_prompt!r}")  # noqa: TRY004
+            raise ConfigError(f"{where}: caption_prompt must be a string, got {self.caption_prompt!r}")
         if self.caption_prompt and self.format not in CAPTION_FORMATS:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: caption_prompt only applies to formats {', '.join(sorted(CAPTION_FORMATS))}; "
                 f"remove it for format {self.format!r}"
             )
@@ -158,7 +160,7 @@ def resolve_files(spec: SourceSpec) -> tuple[list[str], list[str]]:
             if directories
             else f"relative paths resolve against the current directory {os.getcwd()!r}"
         )
-        raise FileNotFoundError(
+        raise DataFileNotFound(
             f"data source {spec.name!r}: no file matches path {spec.path!r}; check data.sources[].path ({hint})"
         )
     return sorted(found), missing

@@ -97,7 +97,7 @@ def _open_decompressed(path: str) -> BinaryIO:
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if magic == b"\xfd7zXZ\x00":
         return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115 (closed by the caller's with)
+    return open(path, "rb")
 
 
 class _CountingReader:

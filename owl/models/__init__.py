@@ -6,6 +6,15 @@ from owl.models.checkpoint import load_model, save_pretrained
 from owl.models.owl import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID, OwlModel, OwlOutput
 
 __all__ = [
-    "IGNORE_INDEX", "IMAGE_PLACEHOLDER_ID", "OwlModel", "OwlOutput", "VisualAbstractor", "build_llm", "build_model",
-    "count_parameters", "load_llm", "load_model", "save_pretrained",
+    "IGNORE_INDEX",
+    "IMAGE_PLACEHOLDER_ID",
+    "OwlModel",
+    "OwlOutput",
+    "VisualAbstractor",
+    "build_llm",
+    "build_model",
+    "count_parameters",
+    "load_llm",
+    "load_model",
+    "save_pretrained",
 ]

@@ -64,7 +64,9 @@ class AbstractorLayer(nn.Module):
             return t.view(n, -1, nh, hd).transpose(1, 2)
 
         attn = F.scaled_dot_product_attention(
-            heads(self.query(q)), heads(self.key(kv)), heads(self.value(kv)),
+            heads(self.query(q)),
+            heads(self.key(kv)),
+            heads(self.value(kv)),
             dropout_p=self.dropout if self.training else 0.0,
         )  # (N, nh, Q, hd)
         attn = attn.transpose(1, 2).reshape(n, q_len, h)

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import logging
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from owl.atomic import atomic_dir
 from owl.config import LLMConfig, OwlConfig
+from owl.errors import ConfigError, InputNotFound
+from owl.models import packaged
 from owl.models.abstractor import VisualAbstractor
 from owl.models.owl import OwlModel
 from owl.models.vision import build_vision, load_vision
@@ -28,8 +31,15 @@ from owl.models.vision import build_vision, load_vision
 log = logging.getLogger(__name__)
 
 # Keys of a HF config dict that describe where it came from rather than the architecture.
-_VOLATILE_KEYS = ("_name_or_path", "transformers_version", "quantization_config", "architectures", "_commit_hash",
-                  "dtype", "torch_dtype")
+_VOLATILE_KEYS = (
+    "_name_or_path",
+    "transformers_version",
+    "quantization_config",
+    "architectures",
+    "_commit_hash",
+    "dtype",
+    "torch_dtype",
+)
 
 
 def hf_config_dict(config: Any) -> dict[str, Any]:
@@ -47,7 +57,7 @@ def build_llm(cfg: LLMConfig) -> nn.Module:
     try:
         hf = AutoConfig.for_model(model_type, **d)
     except ValueError as e:
-        raise ValueError(f"llm.hf_config: unknown model_type {model_type!r} for this transformers version") from e
+        raise ConfigError(f"llm.hf_config: unknown model_type {model_type!r} for this transformers version") from e
     return AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
 
 
@@ -67,7 +77,10 @@ def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"LLM not found: {path} (give a local HF model directory or a .gguf file)")
+        raise InputNotFound(
+            f"LLM not found: {path} (give a local HF model directory, a .gguf file or a packaged "
+            f"name: {', '.join(packaged.LLMS)})"
+        )
     if path.suffix == ".gguf":
         cache = _gguf_cache_dir(path)
         if (cache / "config.json").exists():
@@ -81,17 +94,12 @@ def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
             del llm.config.quantization_config
         llm.hf_quantizer = None
         llm.is_quantized = False
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        llm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, cache)  # atomic: a half-written cache is never seen
-        except OSError:  # another process filled the cache first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(cache) as tmp:  # a half-written cache is never seen
+            llm.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         return load_llm(cache)  # the first load and every later one get the same clean model
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a HF model directory (no config.json)")
+        raise InputNotFound(f"{path} is not a HF model directory (no config.json)")
     llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(path))
     return llm, tok
@@ -106,11 +114,14 @@ def build_model(
     """Compose a model. Returns the model, the config it really has, and the LLM's tokenizer if loaded.
 
     Without ``*_from`` every part is randomly initialised from ``config``. With
-    them, the loaded parts' own sizes replace the config's, and the abstractor
-    is sized to fit both.
+    them (a local path, or a packaged name: :mod:`owl.models.packaged`), the
+    loaded parts' own sizes replace the config's, and the abstractor is sized
+    to fit both.
     """
     config = copy.deepcopy(config)
     tokenizer = None
+    vision_from = packaged.resolve_vision(None if vision_from is None else str(vision_from))
+    llm_from = packaged.resolve_llm(None if llm_from is None else str(llm_from))
     if vision_from is not None:
         vision, config.vision = load_vision(vision_from, config.vision)
     else:
@@ -124,19 +135,21 @@ def build_model(
     return OwlModel(config, vision, abstractor, llm), config, tokenizer
 
 
-def count_parameters(model: OwlModel) -> dict[str, dict[str, int]]:
-    """Total and trainable parameter counts per module (shared/tied tensors counted once)."""
+def count_parameters(model: OwlModel, group: Callable[[str], str] | None = None) -> dict[str, dict[str, int]]:
+    """Total and trainable parameter counts per module (shared/tied tensors counted once), plus ``total``.
+
+    ``group`` maps a parameter name to its module (default: the top-level part, vision / abstractor / llm);
+    training passes one that also splits off the abstractor's queries.
+    """
+    group = group or (lambda name: name.partition(".")[0])
     seen: set[int] = set()
     out: dict[str, dict[str, int]] = {}
-    for name in ("vision", "abstractor", "llm"):
-        total = trainable = 0
-        for p in getattr(model, name).parameters():
-            key = id(p)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
-        out[name] = {"total": total, "trainable": trainable}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        counts = out.setdefault(group(name), {"total": 0, "trainable": 0})
+        counts["total"] += p.numel()
+        counts["trainable"] += p.numel() if p.requires_grad else 0
     out["total"] = {k: sum(v[k] for v in out.values()) for k in ("total", "trainable")}
     return out

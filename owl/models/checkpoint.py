@@ -15,8 +15,6 @@ safetensors: loading a directory never executes pickled code.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,7 +22,10 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from owl.atomic import atomic_dir
 from owl.config import OwlConfig
+from owl.errors import CheckpointError, CheckpointNotFound
+from owl.models.builders import build_model
 from owl.models.owl import OwlModel
 
 CONFIG_NAME = "config.json"
@@ -51,23 +52,6 @@ def base_state_dict(model: OwlModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_dir(path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _commit_dir(tmp: Path, path: Path) -> None:
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def save_pretrained(
     model: OwlModel,
     path: str | Path,
@@ -75,14 +59,31 @@ def save_pretrained(
     max_shard_size: str | int = "5GB",
     extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Write a model directory atomically. ``extra_files`` maps file names to text (e.g. lineage)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_dir(path)
+    """Write a model directory atomically. ``extra_files`` maps file names to text (e.g. lineage).
+
+    A vision tower with LoRA must be merged first (``owl.train.trainable.merge_vision_lora``): only the LLM's
+    adapter has a saved form (``adapter/``), so unmerged vision LoRA weights would be lost without a word.
+    """
+    if any("lora_" in name for name, _ in model.vision.named_parameters()):
+        unmerged = any(not getattr(m, "merged", True) for m in model.vision.modules() if hasattr(m, "lora_A"))
+        if unmerged:
+            raise ValueError("the vision tower has unmerged LoRA layers; merge them first (merge_vision_lora)")
+    with atomic_dir(path) as tmp:
+        _write_model_dir(model, tmp, tokenizer, max_shard_size, extra_files or {})
+
+
+def _write_model_dir(
+    model: OwlModel,
+    tmp: Path,
+    tokenizer: PreTrainedTokenizerBase | None,
+    max_shard_size: str | int,
+    extra_files: dict[str, str],
+) -> None:
     model.config.save(tmp / CONFIG_NAME)
     state = base_state_dict(model)
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size,
-                                               filename_pattern="model{suffix}.safetensors")
+    split = split_torch_state_dict_into_shards(
+        state, max_shard_size=max_shard_size, filename_pattern="model{suffix}.safetensors"
+    )
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n] for n in names}, str(tmp / filename), metadata={"format": "pt"})
     if split.is_sharded:
@@ -92,9 +93,8 @@ def save_pretrained(
         model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    for name, text in (extra_files or {}).items():
+    for name, text in extra_files.items():
         (tmp / name).write_text(text)
-    _commit_dir(tmp, path)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -107,25 +107,23 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         return state
     if (path / WEIGHTS_NAME).exists():
         return load_file(str(path / WEIGHTS_NAME))
-    raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+    raise CheckpointNotFound(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
 
 
 def check_model_dir(path: str | Path) -> Path:
     """A model directory, or a training run's output directory (whose model is in ``model/``)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory not found: {path}")
+        raise CheckpointNotFound(f"model directory not found: {path}")
     if not (path / CONFIG_NAME).exists() and (path / "model" / CONFIG_NAME).exists():
         path = path / "model"
     if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"{path} is not an owl model directory (no {CONFIG_NAME}); create one with `owl new`")
+        raise CheckpointNotFound(f"{path} is not an owl model directory (no {CONFIG_NAME}); create one with `owl new`")
     return path
 
 
 def load_model(path: str | Path, load_adapter: bool = True) -> OwlModel:
     """Rebuild the model from ``config.json`` and load its safetensors weights (and LoRA adapter, if any)."""
-    from owl.models.builders import build_model
-
     path = check_model_dir(path)
     config = OwlConfig.load(path / CONFIG_NAME)
     model, _, _ = build_model(config)
@@ -133,13 +131,13 @@ def load_model(path: str | Path, load_adapter: bool = True) -> OwlModel:
     fresh = model.state_dict()
     unexpected = sorted(set(state) - set(fresh))
     if unexpected:
-        raise ValueError(f"{path}: weights not in the model built from its config.json: {unexpected[:5]}")
+        raise CheckpointError(f"{path}: weights not in the model built from its config.json: {unexpected[:5]}")
     missing = sorted(set(fresh) - set(state))
     ptr = {k: (t.untyped_storage().data_ptr(), t.storage_offset()) for k, t in fresh.items()}
     loaded_ptrs = {ptr[k] for k in state}
     untied = [k for k in missing if ptr[k] not in loaded_ptrs]
     if untied:
-        raise ValueError(f"{path}: weights missing from the checkpoint: {untied[:5]}")
+        raise CheckpointError(f"{path}: weights missing from the checkpoint: {untied[:5]}")
     model.load_state_dict(state, strict=False)
     if load_adapter and (path / ADAPTER_DIR).is_dir():
         from peft import PeftModel
@@ -151,5 +149,5 @@ def load_model(path: str | Path, load_adapter: bool = True) -> OwlModel:
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = check_model_dir(path)
     if not (path / "tokenizer_config.json").exists():
-        raise FileNotFoundError(f"{path} has no tokenizer files; pass a tokenizer or save one with the model")
+        raise CheckpointNotFound(f"{path} has no tokenizer files; pass a tokenizer or save one with the model")
     return AutoTokenizer.from_pretrained(str(path))

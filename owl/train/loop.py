@@ -1,44 +1,199 @@
 """The one training loop. Stage 1 and stage 2 differ only in their ``TrainConfig``.
 
+``train`` reads top to bottom: :func:`setup` (model, strategy, data, optimizer, schedule, resume), then
+:func:`train_step` per optimizer step, :func:`record_metrics` every ``train.log_every`` steps, checkpoints, and
+:func:`finish` (the final checkpoint and the model directory).
+
 Per optimizer step: draw the step's samples (``TrainData``), count the target
 tokens of the whole global batch (all ranks, all micro-batches), then for each
 micro-batch backpropagate ``loss_sum / global_target_tokens`` so the gradient
 is exactly that of the mean loss over the global batch, however it is split
-across processes and accumulation steps. Clip, step, schedule, log,
-checkpoint. How that is distributed (one process, DDP, FSDP2, DeepSpeed
-ZeRO-2/3) is the business of a strategy's hooks (``owl.train.distributed``);
-accelerate owns the process group.
+across processes and accumulation steps. Clip, step, schedule. How that is
+distributed (one process, DDP, FSDP2, DeepSpeed ZeRO-2/3) is the business of a
+strategy's hooks (``owl.train.distributed``); accelerate owns the process group.
+Resuming is ``owl.train.resume``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from owl.atomic import write_text
 from owl.configtools import dump_yaml
-from owl.data import count_records
+from owl.data import SkipStats, count_records
+from owl.errors import ConfigError, DataError
 from owl.models.checkpoint import save_pretrained
-from owl.processing import Encoded
+from owl.processing import Encoded, OwlProcessor
 from owl.train import checkpoint as ckpt
+from owl.train import resume
 from owl.train.config import TrainConfig
 from owl.train.data import TrainData
 from owl.train.distributed import Strategy, make_strategy
-from owl.train.metrics import MetricsLog, plot_loss
-from owl.train.setup import build_for_training, lineage, prepare_world
-from owl.train.trainable import apply_trainable, merge_vision_lora, param_groups, set_train_modes, trainable_table
+from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_loss
+from owl.train.setup import build_for_training, lineage, preflight
+from owl.train.trainable import (
+    apply_trainable,
+    enable_activation_checkpointing,
+    merge_vision_lora,
+    param_groups,
+    set_train_modes,
+    trainable_table,
+)
 
 MODEL_SUBDIR = "model"
 
 
-class BadDataError(RuntimeError):
+class BadDataError(DataError):
     """Too large a share of the data is unusable; the message carries the skip summary."""
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup` builds and the steps, logs and checkpoints of one run use."""
+
+    cfg: TrainConfig
+    acc: Any  # accelerate.Accelerator
+    strategy: Strategy
+    model: nn.Module  # as prepared by the strategy (wrapped, sharded)
+    processor: OwlProcessor
+    data: TrainData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[nn.Parameter]  # the trainable ones
+    total: int  # optimizer steps of the whole run
+    step: int  # optimizer steps done (the resumed step at first)
+    out: Path
+    config_yaml: str
+    keep_all_in_graph: bool  # run the vision tower and abstractor even on text-only micro-batches
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) one training stage; returns the directory of the trained model."""
+    preflight(cfg)  # before anything is built or written: a config error leaves no output directory behind
+    run = setup(cfg)
+    log = MetricsLog(run.out, cfg.train.tensorboard and run.main, resume_step=run.step) if run.main else None
+    kill_at = int(os.environ.get("OWL_DEBUG_KILL_AFTER_STEP", "0"))  # tests: simulate SIGKILL mid-run
+    bar = tqdm(
+        total=run.total,
+        initial=run.step,
+        disable=not (run.main and cfg.train.progress),
+        desc=f"stage {cfg.stage}",
+        dynamic_ncols=True,
+    )
+    window = Window(run.step)
+    last_loss = None
+    while run.step < run.total:
+        metrics = train_step(run)
+        run.step += 1
+        window.add(metrics)
+        bar.update(1)
+        _check_bad_data(run)
+        if run.step % cfg.train.log_every == 0 or run.step == run.total:
+            last_loss = record_metrics(run, log, bar, window, metrics.grad_norm)
+        if cfg.checkpoint.every and run.step % cfg.checkpoint.every == 0 and run.step < run.total:
+            save_checkpoint(run)
+        if kill_at and run.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    return finish(run, log, last_loss)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Accelerator, model, strategy, data, optimizer, schedule; the resumed state if there is a checkpoint.
+
+    The order is fixed by what needs what: trainable layout before sharding, the saved weights before sharding
+    too (``resume.restore_weights``), the optimizer on the sharded parameters, the rest of the saved state after
+    the strategy prepared model and optimizer (``resume.restore_state``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    precision = _precision(cfg)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    say = print if acc.is_main_process else (lambda *a, **k: None)
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    total = _total_steps(cfg, cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
+
+    model, processor = build_for_training(cfg)
+    apply_trainable(model, cfg.trainable, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    strategy = make_strategy(cfg, acc, precision)
+    data = TrainData(
+        cfg.data.sources,
+        cfg.data.mix,
+        processor,
+        cfg.seed,
+        acc.process_index,
+        acc.num_processes,
+        cfg.train.batch_size,
+        cfg.train.grad_accum,
+        cfg.train.group_by_length,
+    )
+    saved = resume.load(out, cfg.checkpoint.resume)
+    if saved is not None:
+        resume.restore_weights(saved, model)
+    model = strategy.shard(model)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.schedule.factor(s, total))
+
+    config_yaml = dump_yaml(cfg)
+    say(f"owl train: stage {cfg.stage or '-'} -> {out}\n--- resolved config ---\n{config_yaml}-----------------------")
+    say(f"{'module':<12}{'trainable':>14}{'total':>16}")
+    for module, n_train, n_total in trainable_table(model):  # before prepare: ZeRO-3 empties the parameters
+        say(f"{module:<12}{n_train:>14,}{n_total:>16,}")
+    say(
+        f"steps {total}, global batch {data.global_batch} ({cfg.train.batch_size} x {cfg.train.grad_accum} accum "
+        f"x {acc.num_processes} processes, {strategy.describe()}), sources: "
+        + ", ".join(f"{s.name} ({s.format}, weight {s.weight:g})" for s in cfg.data.sources)
+    )
+
+    model, optimizer = strategy.prepare(model, optimizer)
+    step = 0
+    if saved is not None:
+        step = resume.restore_state(saved, model, optimizer, scheduler, data, strategy, acc)
+        say(f"resumed from {saved['path']} at step {step}")
+    raw = strategy.unwrap(model)
+    set_train_modes(raw, cfg.trainable)
+    return Run(
+        cfg=cfg,
+        acc=acc,
+        strategy=strategy,
+        model=model,
+        processor=processor,
+        data=data,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=[p for p in raw.parameters() if p.requires_grad],
+        total=total,
+        step=step,
+        out=out,
+        config_yaml=config_yaml,
+        # Every process must run every sharded/synchronised module each micro-batch, images or not.
+        keep_all_in_graph=acc.num_processes > 1 or strategy.sharded,
+    )
 
 
 def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
@@ -46,7 +201,7 @@ def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
         return cfg.train.max_steps
     counts = [count_records(s) for s in cfg.data.sources]
     if any(c is None for c in counts):
-        raise ValueError("train.epochs needs sources of known size (json/jsonl); use train.max_steps for tar shards")
+        raise ConfigError("train.epochs needs sources of known size (json/jsonl); use train.max_steps for tar shards")
     return max(1, math.ceil(cfg.train.epochs * sum(counts) / global_batch))
 
 
@@ -59,189 +214,120 @@ def _precision(cfg: TrainConfig) -> str:
     return "no" if p == "fp32" else p
 
 
-def _dummy(processor) -> Encoded:  # noqa: ANN001
+# ------------------------------------------------------------------------------------------------ step
+
+
+def train_step(run: Run) -> StepMetrics:
+    """One optimizer step: every micro-batch's forward and backward, then clip, update and schedule.
+
+    Each micro-batch backpropagates ``loss_sum * processes / global_target_tokens``: the gradient all-reduce
+    averages over processes, so the result is the gradient of the mean loss per target token of the global batch.
+    """
+    acc, strategy, model = run.acc, run.strategy, run.model
+    micro = run.data.next_step()
+    n_local = sum(e.num_targets for mb in micro for e in mb)
+    n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), "sum").item()
+    metrics = StepMetrics(grad_norm=float("nan"), target_tokens=n_global)
+    for i, items in enumerate(micro):
+        last = i == len(micro) - 1
+        batch = run.processor.collate(items or [_dummy(run.processor)], "right")
+        batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
+        with strategy.micro_batch(model, last=last):
+            res = model(**batch, return_logits=False, keep_all_in_graph=run.keep_all_in_graph)
+            strategy.backward(res.loss_sum * acc.num_processes / max(n_global, 1.0))
+            strategy.after_backward(last)
+        metrics.loss_sums.append(res.loss_sum.item())
+        metrics.input_tokens.append(float(batch["attention_mask"].sum()))
+        metrics.samples += [
+            (e.source, ls, nt)
+            for e, ls, nt in zip(items, res.sample_loss_sum.tolist(), res.sample_target_tokens.tolist())
+        ]
+    metrics.grad_norm = strategy.step(run.optimizer, run.params, run.cfg.optim.grad_clip)
+    run.scheduler.step()
+    return metrics
+
+
+def _dummy(processor: OwlProcessor) -> Encoded:
     """A sample with no targets, for a rank whose micro-batch lost every sample (keeps DDP in step)."""
     return Encoded([processor.pad_id, processor.pad_id], [-100, -100], None, source="(empty)")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) one training stage; returns the directory of the trained model."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    precision = _precision(cfg)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    main = acc.is_main_process
-    out = Path(cfg.output_dir)
-    say = print if main else (lambda *a, **k: None)
-    set_seed(cfg.seed)
-
-    if cfg.data.world is not None and cfg.data.world.out:
-        if main:
-            prepare_world(cfg.data.world)
-        acc.wait_for_everyone()
-
-    model, processor = build_for_training(cfg)
-    apply_trainable(model, cfg.trainable, cfg.lora)
-    if cfg.train.gradient_checkpointing:
-        model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        inner = getattr(model.vision, "model", None)
-        if getattr(inner, "supports_gradient_checkpointing", False):
-            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    strategy = make_strategy(cfg, acc, precision)
-    # Every process must run every sharded/synchronised module each micro-batch, images or not.
-    model.keep_unused_in_graph = acc.num_processes > 1 or strategy.sharded
-
-    data = TrainData(cfg.data.sources, cfg.data.mix, processor, cfg.seed, acc.process_index, acc.num_processes,
-                     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.group_by_length)
-    total = _total_steps(cfg, data.global_batch)
-    resume_from = ckpt.find_resume(out, cfg.checkpoint.resume)
-    saved = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
-    if saved is not None:  # into the plain model, before any sharding: every process holds the full tensors
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in saved["trainable"].items():
-                params[name].copy_(tensor)
-    model = strategy.shard(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  eps=cfg.optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.schedule.factor(s, total))
-
-    config_yaml = dump_yaml(cfg)
-    say(f"owl train: stage {cfg.stage or '-'} -> {out}\n--- resolved config ---\n{config_yaml}-----------------------")
-    say(f"{'module':<12}{'trainable':>14}{'total':>16}")
-    for module, n_train, n_total in trainable_table(model):
-        say(f"{module:<12}{n_train:>14,}{n_total:>16,}")
-    say(f"steps {total}, global batch {data.global_batch} ({cfg.train.batch_size} x {cfg.train.grad_accum} accum "
-        f"x {acc.num_processes} processes, {strategy.describe()}), sources: "
-        + ", ".join(f"{s.name} ({s.format}, weight {s.weight:g})" for s in cfg.data.sources))
-
-    step = 0
-    if saved is not None:
-        state = saved["state"]
-        scheduler.load_state_dict(state["scheduler"])
-        data.load_state_dict(state["data"])
-        if not main:
-            data.stats = type(data.stats)()  # merged counts live on the main process only
-        step = state["step"]
-
-    model, optimizer = strategy.prepare(model, optimizer, saved)  # restores the optimizer state of `saved`
-    if saved is not None:
-        ckpt.set_rng_state(*ckpt.rank_rng_state(saved["rng"], saved["state"], acc.process_index))
-        say(f"resumed from {resume_from} at step {step}")
-    raw = strategy.unwrap(model)
-    set_train_modes(raw, cfg.trainable)
-    trainable_params = [p for p in raw.parameters() if p.requires_grad]
-    log = MetricsLog(out, cfg.train.tensorboard and main, resume_step=step) if main else None
-    kill_at = int(os.environ.get("OWL_DEBUG_KILL_AFTER_STEP", "0"))  # tests: simulate SIGKILL mid-run
-
-    bar = tqdm(total=total, initial=step, disable=not (main and cfg.train.progress), desc=f"stage {cfg.stage}",
-               dynamic_ncols=True)
-    window = {"loss": 0.0, "tokens": 0.0, "inputs": 0.0, "t": time.perf_counter(), "src": {}, "since": step}
-    last_loss = None
-    while step < total:
-        micro = data.next_step()
-        n_local = sum(e.num_targets for mb in micro for e in mb)
-        n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), "sum").item()
-        for i, items in enumerate(micro):
-            batch = processor.collate(items or [_dummy(processor)], "right")
-            batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
-            with strategy.micro_batch(model, last=i == len(micro) - 1):
-                res = model(**batch, return_logits=False)
-                strategy.backward(res.loss_sum * acc.num_processes / max(n_global, 1.0))
-            window["loss"] += res.loss_sum.item()
-            window["inputs"] += float(batch["attention_mask"].sum())
-            for e, ls, nt in zip(items, res.sample_loss_sum.tolist(), res.sample_target_tokens.tolist()):
-                tot = window["src"].setdefault(e.source, [0.0, 0])
-                tot[0] += ls
-                tot[1] += nt
-        window["tokens"] += n_global
-        grad_norm = strategy.step(optimizer, trainable_params, cfg.optim.grad_clip)  # clip, update, zero grads
-        scheduler.step()
-        step += 1
-        bar.update(1)
-
-        bad = acc.reduce(torch.tensor([float(data.stats.total_skipped), float(data.stats.total_seen)]), "sum")
-        if bad[1] >= cfg.data.min_seen_for_abort and bad[0] / bad[1] > cfg.data.max_bad_fraction:
-            lines = "; ".join(_merged_stats(acc, data).summary_lines()[:6])
-            raise BadDataError(f"{int(bad[0])} of {int(bad[1])} records unusable, over data.max_bad_fraction="
-                               f"{cfg.data.max_bad_fraction}: {lines}")
-
-        if step % cfg.train.log_every == 0 or step == total:
-            last_loss = _log(acc, log, bar, window, step, optimizer, grad_norm)
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
-            _checkpoint(acc, strategy, cfg, out, step, model, optimizer, scheduler, data, config_yaml)
-        if kill_at and step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-
-    _checkpoint(acc, strategy, cfg, out, step, model, optimizer, scheduler, data, config_yaml)
-    stats = _merged_stats(acc, data)
-    model_dir = out / MODEL_SUBDIR
-    final = strategy.full_model(model)  # gathered from every process; a plain model on the main one
-    if main:
-        log.close()
-        merge_vision_lora(final)
-        if cfg.merge_lora and hasattr(final.llm, "merge_and_unload"):
-            final.llm = final.llm.merge_and_unload()
-        import json
-
-        save_pretrained(final, model_dir, tokenizer=processor.tokenizer, extra_files={
-            "lineage.json": json.dumps(lineage(cfg, step, last_loss), indent=1),
-            "train_config.yaml": config_yaml})
-        (out / "train_config.yaml").write_text(config_yaml)
-        report = "\n".join(stats.summary_lines())
-        (out / "data_report.txt").write_text(report + "\n")
-        plot_loss(out, title=f"stage {cfg.stage}: {out.name}" if cfg.stage else out.name)
-        say(report)
-        say(f"model written to {model_dir} (load it with OwlModel.from_pretrained or any owl command)")
-    acc.wait_for_everyone()
-    return model_dir
+def _check_bad_data(run: Run) -> None:
+    """Abort (on every process alike) once too large a share of the records seen so far was unusable."""
+    acc, data, cfg = run.acc, run.data, run.cfg
+    bad = acc.reduce(
+        torch.tensor([float(data.stats.total_skipped), float(data.stats.total_seen)], device=acc.device), "sum"
+    ).cpu()
+    if bad[1] >= cfg.data.min_seen_for_abort and bad[0] / bad[1] > cfg.data.max_bad_fraction:
+        lines = "; ".join(_merged_stats(run).summary_lines()[:6])
+        raise BadDataError(
+            f"{int(bad[0])} of {int(bad[1])} records unusable, over data.max_bad_fraction="
+            f"{cfg.data.max_bad_fraction}: {lines}"
+        )
 
 
-def _merged_stats(acc, data: TrainData):  # noqa: ANN001, ANN202
-    if acc.num_processes == 1:
-        return data.stats
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def record_metrics(run: Run, log: MetricsLog | None, bar: tqdm, window: Window, grad_norm: float) -> float:
+    """Reduce the window over processes, write its record, show it (bar, or a log line); returns its loss.
+
+    Every process calls it (reductions); only the main one writes and prints.
+    """
     from accelerate.utils import gather_object
 
-    from owl.data import SkipStats
-
-    merged = SkipStats()
-    for d in gather_object([data.stats.to_dict()]):
-        merged.merge(SkipStats.from_dict(d))
-    return merged
-
-
-def _log(acc, log: MetricsLog | None, bar, window: dict, step: int, optimizer, grad_norm: float  # noqa: ANN001
-         ) -> float:
-    from accelerate.utils import gather_object
-
-    sums = acc.reduce(torch.tensor([window["loss"], window["inputs"]], device=acc.device), "sum").tolist()
-    loss = sums[0] / max(window["tokens"], 1.0)
+    acc, optimizer, step = run.acc, run.optimizer, run.step
+    sums = acc.reduce(torch.tensor([window.loss, window.inputs], device=acc.device), "sum").tolist()
+    loss = sums[0] / max(window.tokens, 1.0)
     src: dict[str, list[float]] = {}
-    for part in (gather_object([window["src"]]) if acc.num_processes > 1 else [window["src"]]):
+    for part in gather_object([window.sources]) if acc.num_processes > 1 else [window.sources]:
         for name, (ls, nt) in part.items():
             t = src.setdefault(name, [0.0, 0])
             t[0] += ls
             t[1] += nt
-    dt = time.perf_counter() - window["t"]
+    dt = time.perf_counter() - window.t
     lr = optimizer.param_groups[0]["lr"]
-    record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": sums[1] / dt,
-              "s_per_step": dt / max(step - window["since"], 1), "target_tokens": window["tokens"],
-              "lr_by_group": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
-              "loss_by_source": {k: v[0] / v[1] for k, v in src.items() if v[1] and k != "(empty)"}}
+    record = {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": sums[1] / dt,
+        "s_per_step": dt / max(step - window.since, 1),
+        "target_tokens": window.tokens,
+        "lr_by_group": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
+        "loss_by_source": {k: v[0] / v[1] for k, v in src.items() if v[1] and k != "(empty)"},
+    }
     if log is not None:
         log.write(record)
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{sums[1] / dt:,.0f}")
-    window.update(loss=0.0, tokens=0.0, inputs=0.0, t=time.perf_counter(), src={}, since=step)
+    if run.main and not run.cfg.train.progress:  # no bar: one plain line instead
+        print(log_line(run.cfg.stage, record, run.total), flush=True)
+    window.reset(step)
     return loss
 
 
-def _checkpoint(acc, strategy: Strategy, cfg: TrainConfig, out: Path, step: int,  # noqa: ANN001
-                model, optimizer, scheduler, data: TrainData, config_yaml: str) -> None:  # noqa: ANN001
-    """Write checkpoint ``step``: every process takes part (gathers; DeepSpeed's own files), the main one commits."""
-    stats = _merged_stats(acc, data)
-    trainable, optimizer_state = strategy.checkpoint_state(model, optimizer)
+def _merged_stats(run: Run) -> SkipStats:
+    """The skip counts of every process, merged (on every process: a collective)."""
+    if run.acc.num_processes == 1:
+        return run.data.stats
+    from accelerate.utils import gather_object
+
+    merged = SkipStats()
+    for d in gather_object([run.data.stats.to_dict()]):
+        merged.merge(SkipStats.from_dict(d))
+    return merged
+
+
+# ----------------------------------------------------------------------------------- checkpoints, end
+
+
+def save_checkpoint(run: Run) -> None:
+    """Write checkpoint ``run.step``: every process takes part (gathers; DeepSpeed's own files), the main one
+    commits it."""
+    acc, strategy, out, step = run.acc, run.strategy, run.out, run.step
+    stats = _merged_stats(run)
+    trainable, optimizer_state = strategy.checkpoint_state(run.model, run.optimizer)
     rng = [ckpt.rng_state()]
     if acc.num_processes > 1:  # each process's own streams (dropout masks differ by process)
         from accelerate.utils import gather_object
@@ -251,11 +337,54 @@ def _checkpoint(acc, strategy: Strategy, cfg: TrainConfig, out: Path, step: int,
         if acc.is_main_process:
             ckpt.begin_checkpoint(out, step)
         acc.wait_for_everyone()
-        strategy.save_shards(model, ckpt.staging_dir(out, step))
+        strategy.save_shards(run.model, ckpt.staging_dir(out, step))
         acc.wait_for_everyone()
     if acc.is_main_process:
-        state = {"step": step, "scheduler": scheduler.state_dict(),
-                 "data": {"mixture": data.mixture.state_dict(), "stats": stats.to_dict()}}
-        ckpt.save_checkpoint(out, step, trainable, optimizer_state, state, config_yaml, cfg.checkpoint.keep, rng=rng,
-                             staged=strategy.writes_shards)
+        state = {
+            "step": step,
+            "scheduler": run.scheduler.state_dict(),
+            "data": {"mixture": run.data.mixture.state_dict(), "stats": stats.to_dict()},
+        }
+        ckpt.save_checkpoint(
+            out,
+            step,
+            trainable,
+            optimizer_state,
+            state,
+            run.config_yaml,
+            run.cfg.checkpoint.keep,
+            rng=rng,
+            staged=strategy.writes_shards,
+        )
     acc.wait_for_everyone()
+
+
+def finish(run: Run, log: MetricsLog | None, last_loss: float | None) -> Path:
+    """The final checkpoint, then the trained model as an ordinary model directory (plus report and plot)."""
+    cfg, out = run.cfg, run.out
+    save_checkpoint(run)
+    stats = _merged_stats(run)
+    model_dir = out / MODEL_SUBDIR
+    final = run.strategy.full_model(run.model)  # gathered from every process; a plain model on the main one
+    if run.main:
+        log.close()
+        merge_vision_lora(final)
+        if cfg.merge_lora and hasattr(final.llm, "merge_and_unload"):
+            final.llm = final.llm.merge_and_unload()
+        save_pretrained(
+            final,
+            model_dir,
+            tokenizer=run.processor.tokenizer,
+            extra_files={
+                "lineage.json": json.dumps(lineage(cfg, run.step, last_loss), indent=1),
+                "train_config.yaml": run.config_yaml,
+            },
+        )
+        write_text(out / "train_config.yaml", run.config_yaml)
+        report = "\n".join(stats.summary_lines())
+        write_text(out / "data_report.txt", report + "\n")
+        plot_loss(out, title=f"stage {cfg.stage}: {out.name}" if cfg.stage else out.name)
+        print(report)
+        print(f"model written to {model_dir} (load it with owl.models.load_model or any owl command)")
+    run.acc.wait_for_everyone()
+    return model_dir

@@ -1,26 +1,80 @@
-"""Run feedback: metrics as JSON lines (+ TensorBoard), and a PNG loss curve at the end.
+"""Run feedback: metrics as JSON lines (+ TensorBoard), a plain log line, and a PNG loss curve at the end.
 
 ``logs/metrics.jsonl`` is the source of truth (one object per logged step);
-TensorBoard and the plot are views of it. On resume, lines past the resumed
-step (written by the killed run after its last checkpoint) are dropped so the
-file describes one consistent run.
+TensorBoard, the progress bar (or, without it, one printed line per logged
+step) and the plot are views of it. On resume, lines past the resumed step
+(written by the killed run after its last checkpoint) are dropped so the file
+describes one consistent run.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
+@dataclass
+class StepMetrics:
+    """What one optimizer step measured on this process, per micro-batch and per sample, in the order it happened
+    (the window below adds them in that order: float sums depend on it, and logged losses are compared bit for
+    bit across a resume)."""
+
+    grad_norm: float
+    target_tokens: float  # of the whole global batch (all processes, all micro-batches)
+    loss_sums: list[float] = field(default_factory=list)  # per micro-batch, this process
+    input_tokens: list[float] = field(default_factory=list)  # per micro-batch, this process
+    samples: list[tuple[str, float, int]] = field(default_factory=list)  # (source, loss sum, target tokens)
+
+
+class Window:
+    """Sums over the optimizer steps since the last logged one; the logged values are their means."""
+
+    def __init__(self, step: int) -> None:
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.loss, self.tokens, self.inputs = 0.0, 0.0, 0.0
+        self.sources: dict[str, list[float]] = {}  # source -> [loss sum, target tokens]
+        self.t = time.perf_counter()
+        self.since = step
+
+    def add(self, m: StepMetrics) -> None:
+        for loss in m.loss_sums:
+            self.loss += loss
+        for n in m.input_tokens:
+            self.inputs += n
+        for source, loss, n in m.samples:
+            tot = self.sources.setdefault(source, [0.0, 0])
+            tot[0] += loss
+            tot[1] += n
+        self.tokens += m.target_tokens
+
+
+def log_line(stage: str | None, record: dict[str, Any], total: int) -> str:
+    """The line printed per logged step when the progress bar is off (logs of batch jobs, CI)."""
+    return (
+        f"stage {stage or '-'} step {record['step']}/{total} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+        f"grad_norm {record['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f} "
+        f"s/step {record['s_per_step']:.2f}"
+    )
+
+
 class MetricsLog:
+    """``logs/metrics.jsonl`` (and TensorBoard's event files): one record per logged step."""
+
     def __init__(self, output_dir: str | Path, tensorboard: bool, resume_step: int = 0) -> None:
         self.dir = Path(output_dir) / "logs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         if self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in keep))
         self.tb = None
         if tensorboard:
@@ -50,6 +104,7 @@ class MetricsLog:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``logs/metrics.jsonl``, oldest first (none if the run logged nothing yet)."""
     path = Path(output_dir) / "logs" / "metrics.jsonl"
     if not path.exists():
         return []

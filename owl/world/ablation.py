@@ -1,6 +1,6 @@
 """`owl world ablation`: the paper's ablation in miniature, several seeds per variant.
 
-Variants (all with the demo recipes, configs/world/):
+Variants (all with the demo's recipes, :mod:`owl.world.recipes`):
 
 - ``stage1-only``: alignment pre-training only, evaluated without instruction tuning;
 - ``stage2-only``: instruction tuning only, from the untrained vision-language connection (no stage 1);
@@ -34,22 +34,27 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def run_ablation(out: str | Path = "runs/ablation", seeds: tuple[int, ...] = (0, 1, 2), profile: str = "full",
-                 overrides: list[str] | None = None) -> Path:
+def run_ablation(
+    out: str | Path = "runs/ablation",
+    seeds: tuple[int, ...] = (0, 1, 2),
+    profile: str = "full",
+    overrides: list[str] | None = None,
+) -> Path:
     """Train and evaluate every variant for every seed (skipping finished ones); returns report.md."""
     from owl.models import load_model
     from owl.processing import OwlProcessor
-    from owl.train.config import load_train_config
     from owl.train.loop import train
-    from owl.train.setup import build_for_training, prepare_world
-    from owl.world.demo import recipe_paths
+    from owl.train.setup import build_for_training
     from owl.world.evaluate import evaluate_world
+    from owl.world.recipes import load_recipe, load_world_spec, prepare_world, recipe_file, split_overrides
 
     out = Path(out)
-    s1_path, s2_path = recipe_paths(profile)
+    world_over, recipe_over = split_overrides(overrides)
+    spec = load_world_spec(recipe_file(profile, "world.yaml"), world_over)
     world = out / "world"
-    results: dict[str, Any] = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() \
-        else {"runs": {}}
+    results: dict[str, Any] = (
+        json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {"runs": {}}
+    )
 
     def record(seed: int, variant: str, summary: dict) -> None:
         results["runs"].setdefault(str(seed), {})[variant] = summary
@@ -61,33 +66,58 @@ def run_ablation(out: str | Path = "runs/ablation", seeds: tuple[int, ...] = (0,
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         base = out / f"seed{seed}"
-        common = [f"seed={seed}", f"data.world.out={world}", "train.progress=false", *(overrides or [])]
-        s1 = load_train_config(s1_path, [f"output_dir={base / 'stage1'}", *common])
-        prepare_world(s1.data.world)
+        common = [f"seed={seed}", "train.progress=false", *recipe_over]
+        s1 = load_recipe(profile, "stage1", world, [f"output_dir={base / 'stage1'}", *common])
+        prepare_world(world, spec)
         if not done(seed, "before") and done(seeds[0], "before"):  # the untuned LLM, greedy: the same every seed
             record(seed, "before", results["runs"][str(seeds[0])]["before"])
         if not done(seed, "before"):
             model, proc = build_for_training(s1)
-            record(seed, "before", evaluate_world(model.eval(), proc, world, abilities=["text"], progress=False,
-                                                  out=base / "eval-before")["summary"])
+            record(
+                seed,
+                "before",
+                evaluate_world(model.eval(), proc, world, abilities=["text"], progress=False, out=base / "eval-before")[
+                    "summary"
+                ],
+            )
         if not all(done(seed, v) for v in VARIANTS):
             train(s1)
         if not done(seed, "stage1-only"):
             d = base / "stage1"
-            record(seed, "stage1-only", evaluate_world(load_model(d).eval(), OwlProcessor.from_pretrained(d), world,
-                                                       out=base / "eval-stage1-only", progress=False)["summary"])
+            record(
+                seed,
+                "stage1-only",
+                evaluate_world(
+                    load_model(d).eval(),
+                    OwlProcessor.from_pretrained(d),
+                    world,
+                    out=base / "eval-stage1-only",
+                    progress=False,
+                )["summary"],
+            )
         for variant in ("both", "both-no-text", "stage2-only"):
             if done(seed, variant):
                 continue
-            s2 = load_train_config(s2_path, [f"output_dir={base / variant}", f"init_from={base / 'stage1'}", *common])
+            s2 = load_recipe(
+                profile, "stage2", world, [f"output_dir={base / variant}", f"init_from={base / 'stage1'}", *common]
+            )
             if variant == "both-no-text":
                 s2.data.sources = [s for s in s2.data.sources if s.name != "text"]
             if variant == "stage2-only":
                 s2.init_from = None
                 s2.model = copy.deepcopy(s1.model)
             d = train(s2)
-            record(seed, variant, evaluate_world(load_model(d).eval(), OwlProcessor.from_pretrained(d), world,
-                                                 out=base / f"eval-{variant}", progress=False)["summary"])
+            record(
+                seed,
+                variant,
+                evaluate_world(
+                    load_model(d).eval(),
+                    OwlProcessor.from_pretrained(d),
+                    world,
+                    out=base / f"eval-{variant}",
+                    progress=False,
+                )["summary"],
+            )
     return write_report(out, results)
 
 
@@ -123,11 +153,17 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines.append(f"| {a} | {100 * chance.get(a, 0):.1f} | " + " | ".join(cells) + " |")
     before = agg.get("before", {}).get("text")
     n_seeds = len(results["runs"])
-    text = [f"# Owl-World ablation ({n_seeds} seeds)", "",
-            "Accuracy (%) on held-out Owl-World, mean ± 95% t-interval over seeds (training seed varies, the world "
-            "is fixed). Variants: stage1-only = alignment pre-training only; stage2-only = instruction tuning only "
-            "(no alignment pre-training); both = the two-stage paradigm; both-no-text = both stages without "
-            "text-only instructions in stage 2.", "", *lines, ""]
+    text = [
+        f"# Owl-World ablation ({n_seeds} seeds)",
+        "",
+        "Accuracy (%) on held-out Owl-World, mean ± 95% t-interval over seeds (training seed varies, the world "
+        "is fixed). Variants: stage1-only = alignment pre-training only; stage2-only = instruction tuning only "
+        "(no alignment pre-training); both = the two-stage paradigm; both-no-text = both stages without "
+        "text-only instructions in stage 2.",
+        "",
+        *lines,
+        "",
+    ]
     if before:
         text += [f"Text-only skill of the untuned LLM: {100 * before[0]:.1f} ± {100 * before[1]:.1f}%.", ""]
     text += ["![ablation](ablation.png)", ""]
@@ -136,8 +172,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     return out / "report.md"
 
 
-def _plot(agg: dict, variants: list[str], abilities: list[str], chance: dict, path: Path,
-          before: tuple | None) -> None:
+def _plot(agg: dict, variants: list[str], abilities: list[str], chance: dict, path: Path, before: tuple | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,8 +186,15 @@ def _plot(agg: dict, variants: list[str], abilities: list[str], chance: dict, pa
         errs = [100 * agg[v].get(a, (0, 0, 0))[1] for a in abilities]
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=v)
     for i, a in enumerate(abilities):
-        ax.hlines(100 * chance.get(a, 0), i - 0.42, i + 0.42, colors="black", lw=1.2, ls=":",
-                  label="chance" if i == 0 else None)
+        ax.hlines(
+            100 * chance.get(a, 0),
+            i - 0.42,
+            i + 0.42,
+            colors="black",
+            lw=1.2,
+            ls=":",
+            label="chance" if i == 0 else None,
+        )
     if before and "text" in abilities:
         i = abilities.index("text")
         ax.plot(i, 100 * before[0], "kD", ms=5, label="LLM before tuning")

@@ -28,8 +28,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from owl.errors import ConfigError
 from owl.world.captions import caption
-from owl.world.config import WorldConfig
+from owl.world.config import WorldConfig, WorldSpec
 from owl.world.formats import sample_to_reference, write_jsonl
 from owl.world.generate import generate_items, items_by_ability, supported_abilities
 from owl.world.items import OWLEVAL_GROUP, WorldItem
@@ -38,6 +39,7 @@ from owl.world.scene import Scene, sample_scene
 from owl.world.tasks_text import TextSampler
 
 FORMAT_VERSION = "owl-world/1"
+_DEFAULTS = WorldSpec()
 
 
 def _stream(seed: int, name: str) -> random.Random:
@@ -71,11 +73,11 @@ def _reference_lines(items: list[WorldItem], images: _Images) -> list[dict]:
 def build_world(
     out_dir: str | Path,
     config: WorldConfig | None = None,
-    seed: int = 0,
-    n_captions: int = 2000,
-    n_instructions: int = 2000,
-    n_text: int = 400,
-    n_eval: int = 600,
+    seed: int = _DEFAULTS.seed,
+    n_captions: int = _DEFAULTS.n_captions,
+    n_instructions: int = _DEFAULTS.n_instructions,
+    n_text: int = _DEFAULTS.n_text,
+    n_eval: int = _DEFAULTS.n_eval,
     *,
     ability_weights: Mapping[str, float] | None = None,
     progress: bool | None = None,
@@ -94,7 +96,7 @@ def build_world(
         ("n_eval", n_eval),
     ):
         if not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name}={n!r} must be an int >= 0")
+            raise ConfigError(f"{name}={n!r} must be an int >= 0")
     out = Path(out_dir)
     caption_images, instruct_images, eval_images = _Images(""), _Images("inst_"), _Images("eval_")
 

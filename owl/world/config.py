@@ -13,7 +13,10 @@ that the question generators and the scorers agree on the answer space; the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from owl.errors import ConfigError
 
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "pentagon")
 """Every shape the renderer can draw; a world uses a subset (``WorldConfig.shapes``)."""
@@ -21,8 +24,6 @@ SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon
 SHAPE_SIDES: dict[str, int] = {"triangle": 3, "square": 4, "diamond": 4, "pentagon": 5, "hexagon": 6}
 """Side counts of the true polygons; only these are asked about in "how many sides" questions
 (a star or a cross has no answer a person would agree on)."""
-
-SHAPE_HAS_CORNERS: dict[str, bool] = {kind: kind != "circle" for kind in SHAPE_KINDS}
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -94,36 +95,36 @@ class WorldConfig:
         for name in ("shapes", "colours", "sizes", "words"):
             value = getattr(self, name)
             if isinstance(value, str) or not hasattr(value, "__iter__"):
-                raise ValueError(f"WorldConfig.{name} must be a list of names, got {value!r}")
+                raise ConfigError(f"WorldConfig.{name} must be a list of names, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         if not isinstance(self.image_size, int) or not 48 <= self.image_size <= 1024:
-            raise ValueError(f"WorldConfig.image_size={self.image_size!r} must be an int in [48, 1024]")
+            raise ConfigError(f"WorldConfig.image_size={self.image_size!r} must be an int in [48, 1024]")
         _check_subset("shapes", self.shapes, SHAPE_KINDS, minimum=2)
         _check_subset("colours", self.colours, tuple(COLOUR_RGB), minimum=2)
         _check_subset("sizes", self.sizes, tuple(SIZES), minimum=1)
         cells = GRID * GRID - (GRID if self.word_prob > 0 else 0)
         if not isinstance(self.max_objects, int) or not 1 <= self.max_objects <= cells:
-            raise ValueError(
+            raise ConfigError(
                 f"WorldConfig.max_objects={self.max_objects!r} must be an int in [1, {cells}] "
                 f"(a word takes a whole grid row when word_prob > 0)"
             )
         if not isinstance(self.min_objects, int) or not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"WorldConfig.min_objects={self.min_objects!r} must be an int in [1, {self.max_objects}]")
+            raise ConfigError(f"WorldConfig.min_objects={self.min_objects!r} must be an int in [1, {self.max_objects}]")
         if not 0.0 <= self.word_prob <= 1.0:
-            raise ValueError(f"WorldConfig.word_prob={self.word_prob!r} must be in [0, 1]")
+            raise ConfigError(f"WorldConfig.word_prob={self.word_prob!r} must be in [0, 1]")
         if self.word_prob > 0 and not self.words:
-            raise ValueError("WorldConfig.words is empty but word_prob > 0; give words or set word_prob=0")
+            raise ConfigError("WorldConfig.words is empty but word_prob > 0; give words or set word_prob=0")
         if len(set(self.words)) != len(self.words):
-            raise ValueError(f"WorldConfig.words has duplicates: {sorted(self.words)}")
+            raise ConfigError(f"WorldConfig.words has duplicates: {sorted(self.words)}")
         for word in self.words:
             if not (isinstance(word, str) and word.isascii() and word.isalpha() and word.islower()):
-                raise ValueError(f"WorldConfig.words entry {word!r} must be lower-case ASCII letters")
+                raise ConfigError(f"WorldConfig.words entry {word!r} must be lower-case ASCII letters")
             if not 2 <= len(word) <= 6:
-                raise ValueError(
+                raise ConfigError(
                     f"WorldConfig.words entry {word!r} has {len(word)} letters; use 2-6 so it stays legible"
                 )
         if not 0.08 <= self.font_scale <= 0.3:
-            raise ValueError(f"WorldConfig.font_scale={self.font_scale!r} must be in [0.08, 0.3]")
+            raise ConfigError(f"WorldConfig.font_scale={self.font_scale!r} must be in [0.08, 0.3]")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -132,15 +133,29 @@ class WorldConfig:
     def from_dict(cls, data: dict) -> WorldConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown WorldConfig keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise ConfigError(f"unknown WorldConfig keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
 
 def _check_subset(name: str, values: tuple[str, ...], allowed: tuple[str, ...], minimum: int) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"WorldConfig.{name} has unknown entries {bad}; choose from {list(allowed)}")
+        raise ConfigError(f"WorldConfig.{name} has unknown entries {bad}; choose from {list(allowed)}")
     if len(set(values)) != len(values):
-        raise ValueError(f"WorldConfig.{name} has duplicates: {list(values)}")
+        raise ConfigError(f"WorldConfig.{name} has duplicates: {list(values)}")
     if not minimum <= len(values) <= len(allowed):
-        raise ValueError(f"WorldConfig.{name} has {len(values)} entries; need {minimum} to {len(allowed)}")
+        raise ConfigError(f"WorldConfig.{name} has {len(values)} entries; need {minimum} to {len(allowed)}")
+
+
+@dataclass
+class WorldSpec:
+    """The one place for Owl-World build defaults (the CLI's ``owl world build`` flags read them from here)."""
+
+    seed: int = 0
+    image_size: int = 128
+    n_captions: int = 2000
+    n_instructions: int = 2000
+    n_text: int = 400
+    n_eval: int = 600
+    ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
+    config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields, e.g. {max_objects: 1}

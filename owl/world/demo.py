@@ -1,18 +1,17 @@
 """`owl demo`: the whole paradigm on a laptop CPU — a pretrained LLM learns to see Owl-World.
 
-Steps (each through the same code a user runs): build Owl-World (by the
-stage-1 recipe's ``data.world``), measure the untuned LLM's text-only skill,
+Steps (each through the same code a user runs): build Owl-World (the
+profile's ``world.yaml``), measure the untuned LLM's text-only skill,
 ``owl train`` stage 1 and stage 2 with the shipped recipes, evaluate the
 result on the held-out split, and write ``report.md`` with plots.
 
-Profiles: ``full`` (SmolLM2-135M-Instruct + pretrained EfficientNet-lite0;
-configs/world/) and ``quick`` (a tiny random LLM, under a minute; the test
-suite runs it through the real CLI).
+Profiles (:mod:`owl.world.recipes`): ``full`` (SmolLM2-135M-Instruct +
+pretrained EfficientNet-lite0) and ``quick`` (a tiny random LLM, under a
+minute; the test suite runs it through the real CLI).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -21,22 +20,25 @@ from typing import Any
 
 import torch
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs" / "world"
-PROFILES = {"full": ("stage1.yaml", "stage2.yaml"), "quick": ("quick-stage1.yaml", "quick-stage2.yaml")}
+from owl.train.config import TrainConfig
+from owl.world.recipes import WorldSpec, load_recipe, load_world_spec, prepare_world, recipe_file, split_overrides
 
 # The issue's targets for the full profile (a fraction correct per ability); "above chance" ones use chance + 0.15.
 TARGETS = {"colour": 0.90, "shape": 0.90, "count": 0.80, "position": 0.80, "ocr": 0.50}
 ABOVE_CHANCE = ("multiimage", "multiturn")
 
 
-def recipe_paths(profile: str) -> tuple[Path, Path]:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown demo profile {profile!r}; use one of {', '.join(PROFILES)}")
-    paths = tuple(CONFIG_ROOT / name for name in PROFILES[profile])
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"demo recipe not found: {p} (run owl from a checkout of the repository)")
-    return paths  # type: ignore[return-value]
+def load_profile(
+    profile: str, out: Path, seed: int, overrides: list[str] | None
+) -> tuple[WorldSpec, TrainConfig, TrainConfig]:
+    """The world spec and both stages' recipes of ``profile``, writing under ``out`` (``world.KEY=V`` overrides
+    go to the world spec, the rest to both recipes)."""
+    world_over, recipe_over = split_overrides(overrides)
+    spec = load_world_spec(recipe_file(profile, "world.yaml"), world_over)
+    world, common = out / "world", [f"seed={seed}", *recipe_over]
+    s1 = load_recipe(profile, "stage1", world, [f"output_dir={out / 'stage1'}", *common])
+    s2 = load_recipe(profile, "stage2", world, [f"output_dir={out / 'stage2'}", f"init_from={out / 'stage1'}", *common])
+    return spec, s1, s2
 
 
 def check_targets(summary: dict[str, dict], text_before: float | None) -> list[tuple[str, str, bool]]:
@@ -49,45 +51,52 @@ def check_targets(summary: dict[str, dict], text_before: float | None) -> list[t
     for ability in ABOVE_CHANCE:
         if ability in summary:
             s = summary[ability]
-            rows.append((ability, f"{100 * s['accuracy']:.1f}% vs chance {100 * s['chance']:.1f}%",
-                         s["accuracy"] >= s["chance"] + 0.15))
+            rows.append(
+                (
+                    ability,
+                    f"{100 * s['accuracy']:.1f}% vs chance {100 * s['chance']:.1f}%",
+                    s["accuracy"] >= s["chance"] + 0.15,
+                )
+            )
     if text_before is not None and "text" in summary:
         after = summary["text"]["accuracy"]
-        rows.append(("text-only skill", f"{100 * after:.1f}% after vs {100 * text_before:.1f}% before",
-                     after >= text_before - 0.02))
+        rows.append(
+            (
+                "text-only skill",
+                f"{100 * after:.1f}% after vs {100 * text_before:.1f}% before",
+                after >= text_before - 0.02,
+            )
+        )
     return rows
 
 
-def run_demo(profile: str = "full", out: str | Path = "runs/demo", seed: int = 0,
-             overrides: list[str] | None = None) -> Path:
+def run_demo(
+    profile: str = "full", out: str | Path = "runs/demo", seed: int = 0, overrides: list[str] | None = None
+) -> Path:
     """Run the demo; returns the path of ``report.md``."""
     from owl.models import load_model
     from owl.processing import OwlProcessor
-    from owl.train.config import load_train_config
     from owl.train.loop import train
-    from owl.train.setup import build_for_training, prepare_world
+    from owl.train.setup import build_for_training
     from owl.world.evaluate import evaluate_world
     from owl.world.report import plot_accuracy, plot_examples, plot_losses, write_json
     from owl.world.scorers import score
 
     out = Path(out)
+    spec, s1, s2 = load_profile(profile, out, seed, overrides)  # config errors before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    s1_path, s2_path = recipe_paths(profile)
-    common = [f"seed={seed}", f"data.world.out={out / 'world'}", *(overrides or [])]
-    s1 = load_train_config(s1_path, [f"output_dir={out / 'stage1'}", *common])
-    s2 = load_train_config(s2_path, [f"output_dir={out / 'stage2'}", f"init_from={out / 'stage1'}", *common])
+    world = out / "world"
     times: dict[str, float] = {}
 
     t = time.perf_counter()
-    print(f"[1/5] Owl-World -> {s1.data.world.out}")
-    prepare_world(s1.data.world)
+    print(f"[1/5] Owl-World -> {world}")
+    prepare_world(world, spec)
     times["world"] = time.perf_counter() - t
 
     t = time.perf_counter()
     print("[2/5] the untuned LLM's text-only skill (before any tuning)")
     base, base_proc = build_for_training(s1)
-    before = evaluate_world(base.eval(), base_proc, s1.data.world.out, abilities=["text"],
-                            out=out / "eval-before")["summary"]
+    before = evaluate_world(base.eval(), base_proc, world, abilities=["text"], out=out / "eval-before")["summary"]
     del base
     times["baseline"] = time.perf_counter() - t
 
@@ -104,7 +113,7 @@ def run_demo(profile: str = "full", out: str | Path = "runs/demo", seed: int = 0
     t = time.perf_counter()
     print("[5/5] evaluation on held-out Owl-World")
     model, proc = load_model(model_dir).eval(), OwlProcessor.from_pretrained(model_dir)
-    result = evaluate_world(model, proc, s1.data.world.out, out=out / "eval")
+    result = evaluate_world(model, proc, world, out=out / "eval")
     times["eval"] = time.perf_counter() - t
 
     summary = result["summary"]
@@ -112,25 +121,28 @@ def run_demo(profile: str = "full", out: str | Path = "runs/demo", seed: int = 0
     correct = [score(p, it) for p, it in zip(preds, items)]
     plot_accuracy(summary, out / "accuracy.png", f"Owl-World held-out accuracy ({profile} demo)", baseline=before)
     plot_losses({"stage 1 (captions)": out / "stage1", "stage 2 (instructions)": out / "stage2"}, out / "loss.png")
-    plot_examples(items, preds, correct, s1.data.world.out, out / "examples.png")
+    plot_examples(items, preds, correct, world, out / "examples.png")
     text_before = before.get("text", {}).get("accuracy")
-    report = _report(profile, s1, s2, summary, before, check_targets(summary, text_before), times, out, model_dir)
+    report = _report(profile, s1, s2, summary, before, check_targets(summary, text_before), times, model_dir)
     (out / "report.md").write_text(report)
-    write_json(out / "summary.json", {"profile": profile, "seed": seed, "summary": summary, "before": before,
-                                      "times_s": times})
-    image = sorted(Path(s1.data.world.out, "images").glob("eval_*.png"))[0]
+    write_json(
+        out / "summary.json", {"profile": profile, "seed": seed, "summary": summary, "before": before, "times_s": times}
+    )
+    image = sorted(Path(world, "images").glob("eval_*.png"))[0]
     print(f"\nreport: {out / 'report.md'} ({sum(times.values()) / 60:.1f} min)")
     print(f"chat with the result:\n  owl chat {model_dir} --image {image}")
     return out / "report.md"
 
 
-def _report(profile: str, s1: Any, s2: Any, summary: dict, before: dict, targets: list, times: dict[str, float],
-            out: Path, model_dir: Path) -> str:
+def _report(
+    profile: str, s1: Any, s2: Any, summary: dict, before: dict, targets: list, times: dict[str, float], model_dir: Path
+) -> str:
     from owl.world.report import table
 
     total = sum(times.values())
     lines = [
-        f"# Owl-World demo ({profile} profile)", "",
+        f"# Owl-World demo ({profile} profile)",
+        "",
         f"Both training stages of the mPLUG-Owl paradigm, on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}, torch {torch.__version__}), in {total / 60:.1f} minutes.",
         "",
@@ -139,24 +151,47 @@ def _report(profile: str, s1: Any, s2: Any, summary: dict, before: dict, targets
         f"- stage 2: {s2.train.max_steps} steps x {s2.train.batch_size} instructions ("
         + ", ".join(f"{s.name} weight {s.weight:g}" for s in s2.data.sources)
         + f"); trainable: vision {s2.trainable.vision}, abstractor {s2.trainable.abstractor}, LLM {s2.trainable.llm}",
-        f"- model: `{model_dir}`", "",
-        "## Held-out accuracy per ability", "",
-        table(summary, before), "",
+        f"- model: `{model_dir}`",
+        "",
+        "## Held-out accuracy per ability",
+        "",
+        table(summary, before),
+        "",
         "Chance is 1 / the number of possible answers (see owl/world/scorers.py for every scoring rule). "
-        "'before tuning' is the untuned LLM on the text-only questions.", "",
-        "![accuracy](accuracy.png)", "",
-        *(["## Targets", "", "| target | measured | met |", "|---|---|---|",
-           *[f"| {what} | {measured} | {'yes' if met else 'no'} |" for what, measured, met in targets], ""]
-          if profile == "full" else
-          ["The quick profile uses a tiny random LLM: it checks the pipeline, not the targets "
-           "(run `make demo` for the real thing).", ""]),
-        "## Training", "", "![loss](loss.png)", "",
-        "## Examples", "", "![examples](examples.png)", "",
-        "## Time", "", "| phase | seconds |", "|---|---:|",
-        *[f"| {k} | {v:.0f} |" for k, v in times.items()], f"| total | {total:.0f} |", "",
+        "'before tuning' is the untuned LLM on the text-only questions.",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        *(
+            [
+                "## Targets",
+                "",
+                "| target | measured | met |",
+                "|---|---|---|",
+                *[f"| {what} | {measured} | {'yes' if met else 'no'} |" for what, measured, met in targets],
+                "",
+            ]
+            if profile == "full"
+            else [
+                "The quick profile uses a tiny random LLM: it checks the pipeline, not the targets "
+                "(run `make demo` for the real thing).",
+                "",
+            ]
+        ),
+        "## Training",
+        "",
+        "![loss](loss.png)",
+        "",
+        "## Examples",
+        "",
+        "![examples](examples.png)",
+        "",
+        "## Time",
+        "",
+        "| phase | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.0f} |" for k, v in times.items()],
+        f"| total | {total:.0f} |",
+        "",
     ]
     return "\n".join(lines)
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -20,17 +20,26 @@ from owl.world.formats import eval_item_to_sample, load_eval
 from owl.world.scorers import score, summarize
 
 
-def predict(model: OwlModel, processor: OwlProcessor, items: list[dict], root: str | Path, *,
-            batch_size: int = 32, max_new_tokens: int = 16, progress: bool = True) -> list[str]:
+def predict(
+    model: OwlModel,
+    processor: OwlProcessor,
+    items: list[dict],
+    root: str | Path,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> list[str]:
     """Greedy answers to ``items`` (eval dicts), in order."""
     samples = [eval_item_to_sample(it, root) for it in items]
-    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].images),
-                                                      sum(len(m.content) for m in samples[i].messages)))
+    order = sorted(
+        range(len(samples)), key=lambda i: (len(samples[i].images), sum(len(m.content) for m in samples[i].messages))
+    )
     answers: list[str] = [""] * len(samples)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     bar = tqdm(total=len(samples), desc="evaluating", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         for i, c in zip(idx, generate(model, processor, [samples[i] for i in idx], options, batch_size=batch_size)):
             answers[i] = c.text.strip()
         bar.update(len(idx))
@@ -38,23 +47,43 @@ def predict(model: OwlModel, processor: OwlProcessor, items: list[dict], root: s
     return answers
 
 
-def evaluate_world(model: OwlModel, processor: OwlProcessor, world_dir: str | Path, *,
-                   abilities: list[str] | None = None, out: str | Path | None = None, batch_size: int = 32,
-                   max_new_tokens: int = 16, progress: bool = True) -> dict[str, Any]:
+def evaluate_world(
+    model: OwlModel,
+    processor: OwlProcessor,
+    world_dir: str | Path,
+    *,
+    abilities: list[str] | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score a model on ``world_dir/eval.jsonl``; writes ``predictions.jsonl`` + ``scores.json`` to ``out``."""
     world_dir = Path(world_dir)
     items = load_eval(world_dir / "eval.jsonl")
     if abilities is not None:
         items = [it for it in items if it["ability"] in abilities]
-    preds = predict(model, processor, items, world_dir, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    progress=progress)
+    preds = predict(
+        model, processor, items, world_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
     summary = summarize(items, preds)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         with (out / "predictions.jsonl").open("w") as f:
             for it, p in zip(items, preds):
-                f.write(json.dumps({"id": it["id"], "ability": it["ability"], "question": it["messages"][-1]["content"],
-                                    "answer": it["answer"], "prediction": p, "correct": score(p, it)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": it["id"],
+                            "ability": it["ability"],
+                            "question": it["messages"][-1]["content"],
+                            "answer": it["answer"],
+                            "prediction": p,
+                            "correct": score(p, it),
+                        }
+                    )
+                    + "\n"
+                )
         (out / "scores.json").write_text(json.dumps(summary, indent=1))
     return {"summary": summary, "items": items, "predictions": preds}

@@ -16,12 +16,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from owl.config import MPLUG_SYSTEM_PROMPT
 from owl.conversation import Message, Sample
+from owl.errors import DataError
 
-PREAMBLE = (
-    "The following is a conversation between a curious human and AI assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
+PREAMBLE = MPLUG_SYSTEM_PROMPT
 """First line of every reference-format conversation (the mPLUG-Owl instruction template)."""
 
 SPEAKER = {"user": "Human", "assistant": "AI"}
@@ -38,7 +37,7 @@ def reference_text(messages: Sequence[Message]) -> str:
     lines = [PREAMBLE]
     for message in messages:
         if message.role not in SPEAKER:
-            raise ValueError(f"the reference template has no {message.role!r} turns; only user and assistant")
+            raise DataError(f"the reference template has no {message.role!r} turns; only user and assistant")
         lines += [f"{SPEAKER[message.role]}: {line}" for line in message.content.split("\n")]
     return "\n".join(lines)
 
@@ -47,7 +46,7 @@ def sample_to_reference(sample: Sample, task_type: str) -> dict:
     """A reference-format instruction line for a sample whose images are file paths."""
     bad = [type(im).__name__ for im in sample.images if not isinstance(im, (str, Path))]
     if bad:
-        raise ValueError(f"reference lines store image paths; got {bad}")
+        raise DataError(f"reference lines store image paths; got {bad}")
     return {"image": [str(im) for im in sample.images], "text": reference_text(sample.messages), "task_type": task_type}
 
 
@@ -60,9 +59,9 @@ def load_eval(path: str | Path) -> list[dict]:
         item = json.loads(line)
         missing = [f for f in EVAL_FIELDS if f not in item]
         if missing:
-            raise ValueError(f"{path}:{number}: eval item lacks {missing}; an item has {list(EVAL_FIELDS)}")
+            raise DataError(f"{path}:{number}: eval item lacks {missing}; an item has {list(EVAL_FIELDS)}")
         if not item["messages"] or item["messages"][-1]["role"] != "user":
-            raise ValueError(f"{path}:{number}: eval messages must end with the user turn to answer")
+            raise DataError(f"{path}:{number}: eval messages must end with the user turn to answer")
         items.append(item)
     return items
 

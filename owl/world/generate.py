@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 
+from owl.errors import ConfigError
 from owl.world.config import WorldConfig
 from owl.world.items import ABILITIES, WorldItem
 from owl.world.scene import Scene, SceneSampler
@@ -34,10 +35,10 @@ def supported_abilities(config: WorldConfig) -> list[str]:
 def allocate(n: int, weights: Mapping[str, float]) -> list[str]:
     """``n`` ability names in proportion to ``weights`` (largest remainder, ties by order)."""
     if n < 0:
-        raise ValueError(f"cannot allocate n={n} items; need n >= 0")
+        raise ConfigError(f"cannot allocate n={n} items; need n >= 0")
     bad = {a: w for a, w in weights.items() if w < 0}
     if bad or not any(weights.values()):
-        raise ValueError(f"ability weights must be >= 0 with a positive sum, got {dict(weights)}")
+        raise ConfigError(f"ability weights must be >= 0 with a positive sum, got {dict(weights)}")
     total = sum(weights.values())
     exact = {a: n * w / total for a, w in weights.items()}
     counts = {a: int(x) for a, x in exact.items()}
@@ -65,10 +66,10 @@ def generate_items(
     weights = dict(weights) if weights is not None else {a: 1.0 for a in supported}
     unknown = [a for a in weights if a not in ABILITIES]
     if unknown:
-        raise ValueError(f"unknown abilities {unknown}; known: {list(ABILITIES)}")
+        raise ConfigError(f"unknown abilities {unknown}; known: {list(ABILITIES)}")
     missing = [a for a, w in weights.items() if w > 0 and a not in supported]
     if missing:
-        raise ValueError(f"this WorldConfig cannot generate {missing} questions (e.g. no words, or no polygons)")
+        raise ConfigError(f"this WorldConfig cannot generate {missing} questions (e.g. no words, or no polygons)")
     abilities = allocate(n, weights)
     rng.shuffle(abilities)
     sampler = SceneSampler(rng, config, exclude)

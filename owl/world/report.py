@@ -32,8 +32,9 @@ def plot_accuracy(summary: dict[str, dict], path: str | Path, title: str = "", b
     acc = [100 * summary[a]["accuracy"] for a in abilities]
     ax.bar(xs, acc, color="tab:blue", label="model", width=0.7)
     for x, a in zip(xs, abilities):
-        ax.hlines(100 * summary[a]["chance"], x - 0.38, x + 0.38, colors="tab:red", lw=2,
-                  label="chance" if x == 0 else None)
+        ax.hlines(
+            100 * summary[a]["chance"], x - 0.38, x + 0.38, colors="tab:red", lw=2, label="chance" if x == 0 else None
+        )
         if baseline and a in baseline:
             ax.plot(x, 100 * baseline[a]["accuracy"], "kD", ms=5, label="before tuning" if a == "text" else None)
         ax.text(x, acc[x] + 1.5, f"{acc[x]:.0f}", ha="center", fontsize=7)
@@ -74,8 +75,9 @@ def plot_losses(run_dirs: dict[str, str | Path], path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_examples(items: list[dict], predictions: list[str], correct: list[bool], root: str | Path,
-                  path: str | Path, n: int = 8) -> Path:
+def plot_examples(
+    items: list[dict], predictions: list[str], correct: list[bool], root: str | Path, path: str | Path, n: int = 8
+) -> Path:
     """A grid of eval images with the question, the expected answer and the model's answer."""
     from PIL import Image
 
@@ -92,6 +94,7 @@ def plot_examples(items: list[dict], predictions: list[str], correct: list[bool]
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+
     def clean(text: str) -> str:  # untrained models emit arbitrary bytes; show them as "?"
         return "".join(c if c.isprintable() and ord(c) < 0x2000 else "?" for c in text)
 
@@ -100,9 +103,13 @@ def plot_examples(items: list[dict], predictions: list[str], correct: list[bool]
         ax.imshow(Image.open(Path(root) / it["image"][-1]).convert("RGB"))
         q = textwrap.shorten(it["messages"][-1]["content"].replace("<image>", "").strip(), 70)
         mark = "OK" if correct[i] else "WRONG"
-        ax.set_title(f"[{it['ability']}] {textwrap.fill(q, 34)}\nexpected: {it['answer']}\nmodel: "
-                     f"{textwrap.shorten(clean(predictions[i]), 30) or '(empty)'} ({mark})", fontsize=7.5, loc="left",
-                     color="black" if correct[i] else "darkred")
+        ax.set_title(
+            f"[{it['ability']}] {textwrap.fill(q, 34)}\nexpected: {it['answer']}\nmodel: "
+            f"{textwrap.shorten(clean(predictions[i]), 30) or '(empty)'} ({mark})",
+            fontsize=7.5,
+            loc="left",
+            color="black" if correct[i] else "darkred",
+        )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

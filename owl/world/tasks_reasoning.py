@@ -180,7 +180,7 @@ def _same_colour(s: SceneSampler) -> WorldItem:
     rng, cfg = s.rng, s.config
     want = _yes(rng)
 
-    def recolour(sc: Scene, r: random.Random) -> Scene:
+    def recolour(sc: Scene, _r: random.Random) -> Scene:
         if not want:
             return sc
         colour = sc.objects[0].colour
@@ -298,22 +298,22 @@ TASKS: dict[str, list[tuple[Generator, Callable[[WorldConfig], bool]]]] = {
         (_animal, lambda c: _has_words(c, lambda w: w in ANIMALS) and _has_words(c, lambda w: w not in ANIMALS)),
     ],
     "reasoning": [
-        (_more_colour, lambda c: True),
-        (_add_count, lambda c: True),
-        (_not_colour, lambda c: True),
+        (_more_colour, lambda _c: True),
+        (_add_count, lambda _c: True),
+        (_not_colour, lambda _c: True),
         (_relation, lambda c: c.max_objects >= 2),
         (_same_colour, lambda c: c.max_objects >= 2),
     ],
     "multiturn": [
-        (_follow_object, lambda c: True),
-        (_follow_count, lambda c: True),
-        (_follow_word, lambda c: _has_words(c, lambda w: True)),
+        (_follow_object, lambda _c: True),
+        (_follow_count, lambda _c: True),
+        (_follow_word, lambda c: _has_words(c, lambda _w: True)),
     ],
     "multiimage": [
         (_more_shapes, lambda c: c.max_objects > c.min_objects),
-        (_both_contain, lambda c: True),
-        (_which_colour, lambda c: True),
-        (_total_count, lambda c: True),
+        (_both_contain, lambda _c: True),
+        (_which_colour, lambda _c: True),
+        (_total_count, lambda _c: True),
     ],
 }
 """Per ability: (generator, whether the config can produce it)."""

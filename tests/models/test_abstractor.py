@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from owl.config import AbstractorConfig
 from owl.models.abstractor import VisualAbstractor
 
-CFG = AbstractorConfig(hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=3,
-                       attention_dropout=0.1)
+CFG = AbstractorConfig(
+    hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=3, attention_dropout=0.1
+)
 
 
 def reference(sd: dict, image: torch.Tensor, cfg: AbstractorConfig) -> torch.Tensor:
@@ -111,5 +112,9 @@ def test_config_validation(bad):
 
 
 # owl's own output at commit time (seed 0, BERT-style init); guards against silent changes of init or math.
-GOLDEN = [[-0.029732, 0.020745, 0.164657, -0.045573], [0.016256, -0.116178, 0.103768, -0.005768],
-          [0.117637, 0.047276, 0.11294, -0.041539], [-0.014371, 0.033794, -0.039874, -0.004571]]
+GOLDEN = [
+    [-0.029732, 0.020745, 0.164657, -0.045573],
+    [0.016256, -0.116178, 0.103768, -0.005768],
+    [0.117637, 0.047276, 0.11294, -0.041539],
+    [-0.014371, 0.033794, -0.039874, -0.004571],
+]

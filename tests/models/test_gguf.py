@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from owl.models.builders import load_llm
-from owl.train.setup import packaged_llm
+from owl.models.packaged import LLMS
 
 
 def test_gguf_load_caches_a_plain_safetensors_copy(tmp_path, monkeypatch):
     try:
-        gguf = packaged_llm("smollm2")
+        gguf = LLMS["smollm2"]()
     except FileNotFoundError as e:  # not installed: nothing to test
         pytest.skip(str(e))
     monkeypatch.setenv("OWL_CACHE", str(tmp_path))

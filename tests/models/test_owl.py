@@ -14,11 +14,27 @@ from tests.helpers import random_image
 
 FAMILIES = {
     "llama": None,
-    "qwen2": {"model_type": "qwen2", "vocab_size": BYTE_VOCAB_SIZE, "hidden_size": 48, "intermediate_size": 96,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True,
-              "max_position_embeddings": 1024},
-    "gpt2": {"model_type": "gpt2", "vocab_size": BYTE_VOCAB_SIZE, "n_embd": 32, "n_layer": 2, "n_head": 4,
-             "n_positions": 1024, "bos_token_id": 1, "eos_token_id": 2},
+    "qwen2": {
+        "model_type": "qwen2",
+        "vocab_size": BYTE_VOCAB_SIZE,
+        "hidden_size": 48,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 1024,
+    },
+    "gpt2": {
+        "model_type": "gpt2",
+        "vocab_size": BYTE_VOCAB_SIZE,
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 1024,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
 }
 
 
@@ -36,8 +52,15 @@ def samples():
     return [
         Sample([Message("user", "<image>\nWhat is it?"), Message("assistant", "A cat.")], [a]),
         Sample([Message("user", "Say hi."), Message("assistant", "Hi!")]),
-        Sample([Message("user", "<image><image>Same?"), Message("assistant", "No."),
-                Message("user", "Sure?"), Message("assistant", "Yes, sure.")], [a, b]),
+        Sample(
+            [
+                Message("user", "<image><image>Same?"),
+                Message("assistant", "No."),
+                Message("user", "Sure?"),
+                Message("assistant", "Yes, sure."),
+            ],
+            [a, b],
+        ),
     ]
 
 
@@ -88,8 +111,7 @@ def test_placeholder_image_mismatch_names_both_counts(tiny):
     model, proc, _ = tiny
     batch = proc(samples()[:1])
     with pytest.raises(ValueError, match=r"sample 0: 1 <image> placeholders but 2 images"):
-        model(batch["input_ids"], pixel_values=torch.cat([batch["pixel_values"]] * 2),
-              image_counts=torch.tensor([2]))
+        model(batch["input_ids"], pixel_values=torch.cat([batch["pixel_values"]] * 2), image_counts=torch.tensor([2]))
     with pytest.raises(ValueError, match=r"1 <image> placeholders but 0 images"):
         model(batch["input_ids"], image_counts=torch.tensor([0]))
 

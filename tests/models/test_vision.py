@@ -13,8 +13,9 @@ from owl.config import VisionConfig
 from owl.convert.qkv import fuse_qkv, split_fused_qkv
 from owl.models.vision import ClipVisionTower, build_vision, load_vision
 
-CFG = VisionConfig(backbone="clip", image_size=28, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                   patch_size=7)
+CFG = VisionConfig(
+    backbone="clip", image_size=28, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, patch_size=7
+)
 
 
 def reference_vit(p: dict, x: torch.Tensor, heads: int, eps: float = 1e-6) -> torch.Tensor:
@@ -45,29 +46,63 @@ def random_reference_params(seed: int = 0) -> dict:
     def r(*shape, scale=0.2):
         return torch.randn(*shape, generator=g) * scale
 
-    p = {"patch": r(c, 3, CFG.patch_size, CFG.patch_size), "cls": r(1, 1, c), "pos": r(1, tokens, c),
-         "pre_w": 1 + r(c), "pre_b": r(c), "post_w": 1 + r(c), "post_b": r(c), "layers": []}
+    p = {
+        "patch": r(c, 3, CFG.patch_size, CFG.patch_size),
+        "cls": r(1, 1, c),
+        "pos": r(1, tokens, c),
+        "pre_w": 1 + r(c),
+        "pre_b": r(c),
+        "post_w": 1 + r(c),
+        "post_b": r(c),
+        "layers": [],
+    }
     for _ in range(CFG.num_layers):
-        p["layers"].append({"ln1_w": 1 + r(c), "ln1_b": r(c), "qkv_w": r(3 * c, c), "qkv_b": r(3 * c),
-                            "o_w": r(c, c), "o_b": r(c), "ln2_w": 1 + r(c), "ln2_b": r(c), "fc1_w": r(m, c),
-                            "fc1_b": r(m), "fc2_w": r(c, m), "fc2_b": r(c)})
+        p["layers"].append(
+            {
+                "ln1_w": 1 + r(c),
+                "ln1_b": r(c),
+                "qkv_w": r(3 * c, c),
+                "qkv_b": r(3 * c),
+                "o_w": r(c, c),
+                "o_b": r(c),
+                "ln2_w": 1 + r(c),
+                "ln2_b": r(c),
+                "fc1_w": r(m, c),
+                "fc1_b": r(m),
+                "fc2_w": r(c, m),
+                "fc2_b": r(c),
+            }
+        )
     return p
 
 
 def load_reference_into(tower: ClipVisionTower, p: dict) -> None:
-    sd = {"embeddings.class_embedding": p["cls"].view(-1), "embeddings.patch_embedding.weight": p["patch"],
-          "embeddings.position_embedding.weight": p["pos"][0], "pre_layrnorm.weight": p["pre_w"],
-          "pre_layrnorm.bias": p["pre_b"], "post_layernorm.weight": p["post_w"], "post_layernorm.bias": p["post_b"]}
+    sd = {
+        "embeddings.class_embedding": p["cls"].view(-1),
+        "embeddings.patch_embedding.weight": p["patch"],
+        "embeddings.position_embedding.weight": p["pos"][0],
+        "pre_layrnorm.weight": p["pre_w"],
+        "pre_layrnorm.bias": p["pre_b"],
+        "post_layernorm.weight": p["post_w"],
+        "post_layernorm.bias": p["post_b"],
+    }
     for i, lp in enumerate(p["layers"]):
         pre = f"encoder.layers.{i}."
         split = split_fused_qkv(lp["qkv_w"], lp["qkv_b"], CFG.num_heads)
         for name, (w, b) in zip(("q_proj", "k_proj", "v_proj"), split):
             sd[pre + f"self_attn.{name}.weight"], sd[pre + f"self_attn.{name}.bias"] = w, b
-        sd |= {pre + "self_attn.out_proj.weight": lp["o_w"], pre + "self_attn.out_proj.bias": lp["o_b"],
-               pre + "layer_norm1.weight": lp["ln1_w"], pre + "layer_norm1.bias": lp["ln1_b"],
-               pre + "layer_norm2.weight": lp["ln2_w"], pre + "layer_norm2.bias": lp["ln2_b"],
-               pre + "mlp.fc1.weight": lp["fc1_w"], pre + "mlp.fc1.bias": lp["fc1_b"],
-               pre + "mlp.fc2.weight": lp["fc2_w"], pre + "mlp.fc2.bias": lp["fc2_b"]}
+        sd |= {
+            pre + "self_attn.out_proj.weight": lp["o_w"],
+            pre + "self_attn.out_proj.bias": lp["o_b"],
+            pre + "layer_norm1.weight": lp["ln1_w"],
+            pre + "layer_norm1.bias": lp["ln1_b"],
+            pre + "layer_norm2.weight": lp["ln2_w"],
+            pre + "layer_norm2.bias": lp["ln2_b"],
+            pre + "mlp.fc1.weight": lp["fc1_w"],
+            pre + "mlp.fc1.bias": lp["fc1_b"],
+            pre + "mlp.fc2.weight": lp["fc2_w"],
+            pre + "mlp.fc2.bias": lp["fc2_b"],
+        }
     missing, unexpected = tower.model.load_state_dict(sd, strict=False)
     assert not unexpected and not [k for k in missing if "position_ids" not in k]
 
@@ -119,12 +154,23 @@ def test_loads_local_hf_clip_directory(tmp_path, full_clip):
     torch.manual_seed(0)
     hf_cfg = ClipVisionTower.hf_config(CFG)
     if full_clip:
-        model = CLIPModel(CLIPConfig(vision_config=hf_cfg.to_dict(),
-                                     text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                                  "num_attention_heads": 2, "vocab_size": 50}))
+        model = CLIPModel(
+            CLIPConfig(
+                vision_config=hf_cfg.to_dict(),
+                text_config={
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "vocab_size": 50,
+                },
+            )
+        )
         ref = CLIPVisionModel(hf_cfg)
-        ref.load_state_dict({k[len("vision_model."):]: v for k, v in model.state_dict().items()
-                             if k.startswith("vision_model.")}, strict=False)
+        ref.load_state_dict(
+            {k[len("vision_model.") :]: v for k, v in model.state_dict().items() if k.startswith("vision_model.")},
+            strict=False,
+        )
     else:
         model = ref = CLIPVisionModel(hf_cfg)
     model.save_pretrained(tmp_path)
@@ -141,6 +187,15 @@ def test_missing_vision_dir_is_a_clear_error(tmp_path):
 
 
 def test_siglip_tower_shapes():
-    tower = build_vision(VisionConfig(backbone="siglip", image_size=28, hidden_size=32, num_layers=1, num_heads=4,
-                                      intermediate_size=64, patch_size=7))
+    tower = build_vision(
+        VisionConfig(
+            backbone="siglip",
+            image_size=28,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=4,
+            intermediate_size=64,
+            patch_size=7,
+        )
+    )
     assert tower(torch.randn(2, 3, 28, 28)).shape == (2, 16, 32)

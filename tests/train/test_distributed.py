@@ -30,17 +30,32 @@ STAGE1 = ROOT / "configs" / "tiny" / "stage1.yaml"
 STAGE2 = ROOT / "configs" / "tiny" / "stage2.yaml"
 QUIET = ["train.progress=false", "train.tensorboard=false"]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-STAGE1_ARGS = ["train", STAGE1, "train.max_steps=4", "checkpoint.every=2", *QUIET,
-               "model.overrides.abstractor.attention_dropout=0.0"]  # as in the DDP test: no dropout in stage 1
-STAGE2_ARGS = ["train", STAGE2, "init_from=one", "train.max_steps=4", "checkpoint.every=2", "train.batch_size=4",
-               *QUIET]
+STAGE1_ARGS = [
+    "train",
+    STAGE1,
+    "train.max_steps=4",
+    "checkpoint.every=2",
+    *QUIET,
+    "model.overrides.abstractor.attention_dropout=0.0",
+]  # as in the DDP test: no dropout in stage 1
+STAGE2_ARGS = [
+    "train",
+    STAGE2,
+    "init_from=one",
+    "train.max_steps=4",
+    "checkpoint.every=2",
+    "train.batch_size=4",
+    *QUIET,
+]
 BANNER = {"fsdp": "FSDP2 over 2 processes", "zero2": "DeepSpeed ZeRO-2 over 2", "zero3": "DeepSpeed ZeRO-3 over 2"}
 
 
 def _strategies() -> list:
     """fsdp, zero2, zero3; the DeepSpeed ones skip where DeepSpeed is not installed (it is optional)."""
-    ds = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                            reason="DeepSpeed is not installed (optional; pip install deepspeed)")
+    ds = pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None,
+        reason="DeepSpeed is not installed (optional; pip install deepspeed)",
+    )
     return ["fsdp", pytest.param("zero2", marks=ds), pytest.param("zero3", marks=ds)]
 
 
@@ -67,6 +82,7 @@ def torchrun(work: Path, *args: str, env: dict | None = None) -> subprocess.Comp
 def one(tmp_path_factory) -> Path:
     """The 1-process reference of stage 1 (global batch 8); also the start of the stage-2 runs."""
     work = tmp_path_factory.mktemp("dist")
+    (work / "configs").symlink_to(ROOT / "configs")  # the recipes' data paths are relative to the repository root
     ok(run_cli(*STAGE1_ARGS, "output_dir=one", "train.batch_size=8", cwd=work))
     return work
 
@@ -76,8 +92,16 @@ def one(tmp_path_factory) -> Path:
 def test_two_sharded_processes_match_one_process(one, strategy):
     work = one
     out = f"two-{strategy}"
-    r = ok(torchrun(work, *STAGE1_ARGS, f"output_dir={out}", "train.batch_size=2", "train.grad_accum=2",
-                    f"train.distributed={strategy}"))  # global batch 8 = 2 x 2 accumulated x 2 processes
+    r = ok(
+        torchrun(
+            work,
+            *STAGE1_ARGS,
+            f"output_dir={out}",
+            "train.batch_size=2",
+            "train.grad_accum=2",
+            f"train.distributed={strategy}",
+        )
+    )  # global batch 8 = 2 x 2 accumulated x 2 processes
     assert BANNER[strategy] in r.stdout
     assert losses(work / out) == pytest.approx(losses(work / "one"), rel=1e-5)
 

@@ -25,23 +25,28 @@ data:
 
 
 def test_overrides_and_defaults(tmp_path):
-    cfg = load_train_config(write(tmp_path, BASE), ["optim.lr=3e-4", "trainable.llm=lora", "init_from=x",
-                                                    "train.max_steps=7", "data.mix=per_batch"])
+    cfg = load_train_config(
+        write(tmp_path, BASE),
+        ["optim.lr=3e-4", "trainable.llm=lora", "init_from=x", "train.max_steps=7", "data.mix=per_batch"],
+    )
     assert cfg.optim.lr == 3e-4 and cfg.trainable.llm == "lora" and cfg.init_from == "x"
     assert cfg.train.max_steps == 7 and cfg.data.mix == "per_batch" and cfg.uses_lora
     assert cfg.data.sources[0].name == "a" and cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "unknown config key optim.lrr; did you mean optim.lr"),
-    ("trainabel.llm=lora", "unknown config key trainabel; did you mean trainable"),
-    ("trainable.llm=partial", "trainable.llm='partial' is unknown; use one of frozen, full, lora"),
-    ("trainable.abstractor=lora", "trainable.abstractor=lora is not supported"),
-    ("schedule.name=step", "schedule.name='step' is unknown"),
-    ("optim.lr_groups.vison=1e-4", "optim.lr_groups.vison is not a module"),
-    ("train.epochs=2", "give exactly one of train.max_steps or train.epochs"),
-    ("data.sources.0=x", "data.sources"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown config key optim.lrr; did you mean optim.lr"),
+        ("trainabel.llm=lora", "unknown config key trainabel; did you mean trainable"),
+        ("trainable.llm=partial", "trainable.llm='partial' is unknown; use one of frozen, full, lora"),
+        ("trainable.abstractor=lora", "trainable.abstractor=lora is not supported"),
+        ("schedule.name=step", "schedule.name='step' is unknown"),
+        ("optim.lr_groups.vison=1e-4", "optim.lr_groups.vison is not a module"),
+        ("train.epochs=2", "give exactly one of train.max_steps or train.epochs"),
+        ("data.sources.0=x", "data.sources"),
+    ],
+)
 def test_errors_name_the_key_and_the_fix(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_train_config(write(tmp_path, BASE + "train: {max_steps: 5}\n"), [override])

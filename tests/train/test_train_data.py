@@ -21,10 +21,13 @@ def write_sources(tmp_path, n_caps=20, n_text=12, bad_lines=()):
     for pos, line in bad_lines:
         lines.insert(pos, line)
     (tmp_path / "caps.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "text.json").write_text(json.dumps(
-        [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(n_text)]))
-    return [SourceSpec("caps", "captions", str(tmp_path / "caps.jsonl"), weight=1),
-            SourceSpec("text", "alpaca", str(tmp_path / "text.json"), weight=1)]
+    (tmp_path / "text.json").write_text(
+        json.dumps([{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(n_text)])
+    )
+    return [
+        SourceSpec("caps", "captions", str(tmp_path / "caps.jsonl"), weight=1),
+        SourceSpec("text", "alpaca", str(tmp_path / "text.json"), weight=1),
+    ]
 
 
 def make(sources, mix="sample", rank=0, world=1, batch=4, accum=1, seed=0):
@@ -82,8 +85,11 @@ def test_ranks_split_the_global_batch(tmp_path):
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path):
-    bad = [(2, "{not json"), (5, json.dumps({"image": "missing.png", "caption": "x"})),
-           (7, json.dumps({"image": "a.png", "caption": 5}))]
+    bad = [
+        (2, "{not json"),
+        (5, json.dumps({"image": "missing.png", "caption": "x"})),
+        (7, json.dumps({"image": "a.png", "caption": 5})),
+    ]
     specs = write_sources(tmp_path, n_caps=10, bad_lines=bad)
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG broken")
     with open(specs[0].path, "a") as f:

@@ -31,6 +31,7 @@ def ok(r):
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
+    (work / "configs").symlink_to(ROOT / "configs")  # the recipes' data paths are relative to the repository root
     ok(run_cli("train", STAGE1, "output_dir=A", *QUIET, cwd=work))
     return work
 
@@ -56,9 +57,13 @@ def test_two_stages_losses_fall_and_the_result_generates(stage1):
     from owl.processing import OwlProcessor
 
     model, proc = load_model(work / "B").eval(), OwlProcessor.from_pretrained(work / "B")
-    img = sorted((work / "runs" / "tiny" / "world" / "images").glob("eval_*.png"))[0]
-    out = generate(model, proc, [Sample([Message("user", "<image>\nWhat colour is the shape?")], [str(img)])],
-                   GenerationOptions(max_new_tokens=6))
+    img = sorted((ROOT / "configs" / "tiny" / "data" / "images").glob("inst_*.png"))[0]
+    out = generate(
+        model,
+        proc,
+        [Sample([Message("user", "<image>\nWhat colour is the shape?")], [str(img)])],
+        GenerationOptions(max_new_tokens=6),
+    )
     assert out[0].completion_tokens > 0
 
 
@@ -81,17 +86,21 @@ def test_killed_run_resumes_bit_identical(stage1):
 
 
 def _bad_data_config(work, max_bad):
-    images = sorted((work / "runs" / "tiny" / "world" / "images").glob("0*.png"))[:20]
+    images = sorted((ROOT / "configs" / "tiny" / "data" / "images").glob("*.png"))[:20]
     lines = [json.dumps({"image": str(p), "caption": f"shape number {i}"}) for i, p in enumerate(images)]
-    lines[3:3] = ["{broken json", json.dumps({"image": "nope.png", "caption": "x"}),
-                  json.dumps({"image": str(images[0]), "caption": 7})]
+    lines[3:3] = [
+        "{broken json",
+        json.dumps({"image": "nope.png", "caption": "x"}),
+        json.dumps({"image": str(images[0]), "caption": 7}),
+    ]
     (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     lines.append(json.dumps({"image": str(work / "corrupt.png"), "caption": "y"}))
     (work / "planted.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = STAGE1.read_text().replace('path: "{world}/captions.jsonl"', f"path: {work / 'planted.jsonl'}")
+    cfg = STAGE1.read_text().replace("path: configs/tiny/data/captions.jsonl", f"path: {work / 'planted.jsonl'}")
     assert str(work / "planted.jsonl") in cfg
-    cfg = cfg.replace("  max_length: 256", f"  max_length: 256\n  max_bad_fraction: {max_bad}\n"
-                      "  min_seen_for_abort: 10")
+    cfg = cfg.replace(
+        "  max_length: 256", f"  max_length: 256\n  max_bad_fraction: {max_bad}\n  min_seen_for_abort: 10"
+    )
     path = work / f"planted-{max_bad}.yaml"
     path.write_text(cfg)
     return path
@@ -117,16 +126,28 @@ def test_too_much_bad_data_aborts_with_one_line(stage1):
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_two_processes_match_one_process(stage1):
     work = stage1
-    common = ["train", STAGE1, "train.max_steps=6", "checkpoint.every=0", *QUIET,
-              "model.overrides.abstractor.attention_dropout=0.0"]
+    common = [
+        "train",
+        STAGE1,
+        "train.max_steps=6",
+        "checkpoint.every=0",
+        *QUIET,
+        "model.overrides.abstractor.attention_dropout=0.0",
+    ]
     ok(run_cli(*common, "output_dir=one", "train.batch_size=8", cwd=work))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     import os
     import subprocess
 
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "owl.cli", *map(str, common), "output_dir=two",
-                        "train.batch_size=4"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "owl.cli", *map(str, common), "output_dir=two", "train.batch_size=4"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 processes" in r.stdout
     one, two = losses(work / "one"), losses(work / "two")

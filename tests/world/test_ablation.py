@@ -12,7 +12,7 @@ from tests.helpers import run_cli
 
 def test_interval_is_a_95_percent_t_interval():
     mean, half = interval([0.5, 0.6, 0.7])
-    assert mean == pytest.approx(0.6) and half == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
     assert interval([0.4]) == (0.4, 0.0)
 
 
@@ -47,5 +47,5 @@ def test_ablation_resumes_finished_runs(tmp_path, monkeypatch):
 
     done = {v: {"overall": {"accuracy": 0.3, "chance": 0.2, "n": 1}} for v in ("before", *VARIANTS)}
     (tmp_path / "results.json").write_text(json.dumps({"runs": {"0": done}}))
-    monkeypatch.setattr(owl.train.loop, "train", lambda cfg: pytest.fail("trained again"))
+    monkeypatch.setattr(owl.train.loop, "train", lambda _cfg: pytest.fail("trained again"))
     assert "both" in run_ablation(tmp_path, seeds=(0,), profile="quick").read_text()

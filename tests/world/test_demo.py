@@ -21,12 +21,12 @@ def test_quick_demo_then_chat_and_eval(tmp_path):
     chat_cmd = r.stdout.split("owl chat", 1)[1].split()
     model, image = chat_cmd[0], chat_cmd[2]
 
-    r = run_cli("chat", model, "--image", image, "--message", "What colour is the shape?", "--max-new-tokens", "5",
-                cwd=tmp_path)
+    r = run_cli(
+        "chat", model, "--image", image, "--message", "What colour is the shape?", "--max-new-tokens", "5", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
-    r = run_cli("world", "eval", model, "--world", out / "world", "--abilities", "colour,text", "--json",
-                cwd=tmp_path)
+    r = run_cli("world", "eval", model, "--world", out / "world", "--abilities", "colour,text", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     scores = json.loads(r.stdout)
     assert set(scores) == {"colour", "text", "overall"} and scores["colour"]["n"] == 4
