@@ -17,7 +17,7 @@ from pathlib import Path
 
 from owl.config import PRESETS, OwlConfig, preset
 from owl.configtools import deep_merge, parse_overrides
-from owl.errors import ConfigNotFound, OwlError
+from owl.errors import ConfigError, ConfigNotFound, OwlError
 
 
 def resolve_config(name_or_dir: str, overrides: list[str] | None = None) -> tuple[OwlConfig, Path | None]:
@@ -176,6 +176,15 @@ def cmd_world_ablation(args: argparse.Namespace) -> None:
     print(Path(report).read_text())
 
 
+def cmd_bench_peak(args: argparse.Namespace) -> None:
+    from owl.bench.peak import markdown, run_peak
+
+    if args.size < 16 or args.seconds <= 0:
+        raise ConfigError(f"--size {args.size} must be >= 16 and --seconds {args.seconds} > 0")
+    print(markdown(run_peak(args.out, args.size, args.seconds)), end="")
+    print(f"written to {Path(args.out) / 'peak.json'}")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from owl.chat import chat
 
@@ -282,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--profile", default="full", choices=["full", "quick"])
     wa.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe")
     wa.set_defaults(func=cmd_world_ablation)
+
+    b = sub.add_parser("bench", help="measured figures: this machine's peak").add_subparsers(
+        dest="bench_cmd", required=True
+    )
+    bp = b.add_parser("peak", help="measured GEMM throughput per precision (the denominator of MFU)")
+    bp.add_argument("--out", default="runs/bench", help="writes peak.json and peak.md here")
+    bp.add_argument("--size", type=int, default=2048, help="square matrix size n (2 n^3 FLOPs per GEMM)")
+    bp.add_argument("--seconds", type=float, default=2.0, help="time spent per precision")
+    bp.set_defaults(func=cmd_bench_peak)
 
     c = sub.add_parser("chat", help="multi-turn chat with a model (images with /image PATH)")
     c.add_argument("model", help="model directory (or a training run's output directory)")
