@@ -43,11 +43,13 @@ class DataConfig:
     augment: Augment | None = None
     max_bad_fraction: float = 0.2  # abort when more than this share of records is unusable ...
     min_seen_for_abort: int = 200  # ... once at least this many were seen
+    probe: list[SourceSpec] = field(default_factory=list)  # held-out data for the image gain (owl.train.probe)
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ConfigError("data.sources is empty; list at least one source (name, format, path)")
         self.sources = [s if isinstance(s, SourceSpec) else _source(s, i) for i, s in enumerate(self.sources)]
+        self.probe = [s if isinstance(s, SourceSpec) else _source(s, i, "data.probe") for i, s in enumerate(self.probe)]
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.sources names must be unique, got {names}")
@@ -59,11 +61,11 @@ class DataConfig:
             self.augment = from_dict(Augment, self.augment, "data.augment.")
 
 
-def _source(d: Any, i: int) -> SourceSpec:
+def _source(d: Any, i: int, key: str = "data.sources") -> SourceSpec:
     if not isinstance(d, dict):
-        raise ConfigError(f"data.sources[{i}] must be a mapping with name, format and path")
+        raise ConfigError(f"{key}[{i}] must be a mapping with name, format and path")
     try:
-        return from_dict(SourceSpec, d, f"data.sources[{i}].")
+        return from_dict(SourceSpec, d, f"{key}[{i}].")
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
@@ -166,6 +168,8 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     group_by_length: bool = True  # sort each step's samples by length into micro-batches (less padding)
     log_every: int = 1
+    image_gain_every: int = 0  # steps between image-gain measurements (owl.train.probe); 0: off
+    image_gain_samples: int = 16  # size of the fixed probe batch
     tensorboard: bool = True
     progress: bool = True
     # auto (what the launcher set up) | ddp | fsdp | zero2 | zero3 (DeepSpeed); see owl/train/distributed.py
@@ -180,6 +184,11 @@ class LoopConfig:
             raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
+        if self.image_gain_every < 0 or self.image_gain_samples < 2:
+            raise ConfigError(
+                f"train.image_gain_every={self.image_gain_every} must be >= 0 and "
+                f"train.image_gain_samples={self.image_gain_samples} >= 2"
+            )
         if self.distributed not in DISTRIBUTED:
             raise ConfigError(f"train.distributed={self.distributed!r} is unknown; use {', '.join(DISTRIBUTED)}")
 

@@ -41,7 +41,8 @@ from owl.train import resume
 from owl.train.config import TrainConfig
 from owl.train.data import TrainData
 from owl.train.distributed import Strategy, make_strategy
-from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_loss
+from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_image_gain, plot_loss
+from owl.train.probe import ImageGainProbe
 from owl.train.setup import build_for_training, lineage, preflight
 from owl.train.trainable import (
     apply_trainable,
@@ -77,6 +78,8 @@ class Run:
     out: Path
     config_yaml: str
     keep_all_in_graph: bool  # run the vision tower and abstractor even on text-only micro-batches
+    probe: ImageGainProbe | None = None  # the image-gain batch, when train.image_gain_every is set
+    last_gain: float | None = None  # the latest image gain, shown in the progress bar
 
     @property
     def main(self) -> bool:
@@ -104,8 +107,9 @@ def train(cfg: TrainConfig) -> Path:
         window.add(metrics)
         bar.update(1)
         _check_bad_data(run)
-        if run.step % cfg.train.log_every == 0 or run.step == run.total:
-            last_loss = record_metrics(run, log, bar, window, metrics.grad_norm)
+        gain = measure_image_gain(run) if _due(run.step, cfg.train.image_gain_every, run.total) else None
+        if run.step % cfg.train.log_every == 0 or run.step == run.total or gain is not None:
+            last_loss = record_metrics(run, log, bar, window, metrics.grad_norm, gain)
         if cfg.checkpoint.every and run.step % cfg.checkpoint.every == 0 and run.step < run.total:
             save_checkpoint(run)
         if kill_at and run.step == kill_at:
@@ -177,6 +181,17 @@ def setup(cfg: TrainConfig) -> Run:
         say(f"resumed from {saved['path']} at step {step}")
     raw = strategy.unwrap(model)
     set_train_modes(raw, cfg.trainable)
+    probe = None
+    if cfg.train.image_gain_every:
+        held_out = bool(cfg.data.probe)
+        sources = cfg.data.probe or cfg.data.sources
+        probe = ImageGainProbe.from_sources(sources, processor, cfg.train.image_gain_samples, held_out)
+        say(
+            f"image gain every {cfg.train.image_gain_every} steps on {len(probe.items)} "
+            f"{'held-out' if held_out else 'seen (training)'} samples"
+            if probe is not None
+            else "image gain: off (fewer than 2 usable samples with images in the probe sources)"
+        )
     return Run(
         cfg=cfg,
         acc=acc,
@@ -193,6 +208,7 @@ def setup(cfg: TrainConfig) -> Run:
         config_yaml=config_yaml,
         # Every process must run every sharded/synchronised module each micro-batch, images or not.
         keep_all_in_graph=acc.num_processes > 1 or strategy.sharded,
+        probe=probe,
     )
 
 
@@ -247,6 +263,21 @@ def train_step(run: Run) -> StepMetrics:
     return metrics
 
 
+def _due(step: int, every: int, total: int) -> bool:
+    return bool(every) and (step % every == 0 or step == total)
+
+
+def measure_image_gain(run: Run) -> dict[str, float] | None:
+    """The probe's losses with right and with rotated images (``owl.train.probe``); None without a probe."""
+    if run.probe is None:
+        return None
+    raw = run.strategy.unwrap(run.model)
+    try:
+        return run.probe.measure(raw, run.processor, run.acc.device)
+    finally:
+        set_train_modes(raw, run.cfg.trainable)
+
+
 def _dummy(processor: OwlProcessor) -> Encoded:
     """A sample with no targets, for a rank whose micro-batch lost every sample (keeps DDP in step)."""
     return Encoded([processor.pad_id, processor.pad_id], [-100, -100], None, source="(empty)")
@@ -269,7 +300,9 @@ def _check_bad_data(run: Run) -> None:
 # --------------------------------------------------------------------------------------------- metrics
 
 
-def record_metrics(run: Run, log: MetricsLog | None, bar: tqdm, window: Window, grad_norm: float) -> float:
+def record_metrics(
+    run: Run, log: MetricsLog | None, bar: tqdm, window: Window, grad_norm: float, gain: dict | None = None
+) -> float:
     """Reduce the window over processes, write its record, show it (bar, or a log line); returns its loss.
 
     Every process calls it (reductions); only the main one writes and prints.
@@ -297,10 +330,16 @@ def record_metrics(run: Run, log: MetricsLog | None, bar: tqdm, window: Window, 
         "target_tokens": window.tokens,
         "lr_by_group": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
         "loss_by_source": {k: v[0] / v[1] for k, v in src.items() if v[1] and k != "(empty)"},
+        **(gain or {}),
     }
     if log is not None:
         log.write(record)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{sums[1] / dt:,.0f}")
+    if gain is not None:
+        run.last_gain = gain["image_gain"]
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok_s": f"{sums[1] / dt:,.0f}"}
+    if run.last_gain is not None:
+        postfix["img_gain"] = f"{run.last_gain:.3f}"
+    bar.set_postfix(**postfix)
     if run.main and not run.cfg.train.progress:  # no bar: one plain line instead
         print(log_line(run.cfg.stage, record, run.total), flush=True)
     window.reset(step)
@@ -384,6 +423,7 @@ def finish(run: Run, log: MetricsLog | None, last_loss: float | None) -> Path:
         report = "\n".join(stats.summary_lines())
         write_text(out / "data_report.txt", report + "\n")
         plot_loss(out, title=f"stage {cfg.stage}: {out.name}" if cfg.stage else out.name)
+        plot_image_gain(out)
         print(report)
         print(f"model written to {model_dir} (load it with owl.models.load_model or any owl command)")
     run.acc.wait_for_everyone()

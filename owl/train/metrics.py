@@ -59,6 +59,7 @@ def log_line(stage: str | None, record: dict[str, Any], total: int) -> str:
         f"stage {stage or '-'} step {record['step']}/{total} loss {record['loss']:.4f} lr {record['lr']:.2e} "
         f"grad_norm {record['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f} "
         f"s/step {record['s_per_step']:.2f}"
+        + (f" image_gain {record['image_gain']:.4f}" if "image_gain" in record else "")
     )
 
 
@@ -140,6 +141,36 @@ def plot_loss(output_dir: str | Path, title: str = "") -> Path | None:
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     out = Path(output_dir) / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_image_gain(output_dir: str | Path, title: str = "") -> Path | None:
+    """``image_gain.png``: the probe's loss with right and with rotated images, and their difference, per step."""
+    rows = [r for r in read_metrics(output_dir) if "image_gain" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=110, sharex=True)
+    top.plot(steps, [r["probe_loss"] for r in rows], marker=".", label="right images")
+    top.plot(steps, [r["probe_loss_shuffled"] for r in rows], marker=".", label="images rotated across the batch")
+    top.set_ylabel("probe loss (nats/token)")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    top.set_title(title or f"image gain: {Path(output_dir).name}")
+    bottom.plot(steps, [r["image_gain"] for r in rows], marker=".", color="black")
+    bottom.axhline(0, color="gray", lw=0.8, ls=":")
+    bottom.set_ylabel("image gain (nats/token)")
+    bottom.set_xlabel("optimizer step")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(output_dir) / "image_gain.png"
     fig.savefig(out)
     plt.close(fig)
     return out

@@ -32,7 +32,7 @@ def preflight(cfg: TrainConfig) -> None:
 
     A run that would fail on a missing file fails here, in milliseconds, leaving no output directory behind.
     """
-    for src in cfg.data.sources:
+    for src in [*cfg.data.sources, *cfg.data.probe]:
         try:
             resolve_files(src)
         except FileNotFoundError as e:

@@ -182,6 +182,11 @@ def _report(
         "",
         "![loss](loss.png)",
         "",
+        "Image gain (the probe's loss with each sample's images rotated to another sample, minus with the right "
+        "ones; samples the run also trains on): near zero means the LLM does not read the image.",
+        "",
+        "![image gain, stage 1](stage1/image_gain.png) ![image gain, stage 2](stage2/image_gain.png)",
+        "",
         "## Examples",
         "",
         "![examples](examples.png)",
