@@ -131,28 +131,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_world_build(args: argparse.Namespace) -> None:
     import dataclasses
-    import json as _json
 
-    from owl.world.build import build_world
-    from owl.world.config import WorldConfig, WorldSpec
-    from owl.world.recipes import load_world_spec
+    from owl.world.config import WorldSpec
+    from owl.world.recipes import build_from_spec, load_world_spec
 
     spec = load_world_spec(args.spec) if args.spec else WorldSpec()
     flags = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(WorldSpec) if getattr(args, f.name, None) is not None
     }
-    spec = dataclasses.replace(spec, **flags)
-    manifest = build_world(
-        args.out,
-        WorldConfig(image_size=spec.image_size, **spec.config),
-        seed=spec.seed,
-        n_captions=spec.n_captions,
-        n_instructions=spec.n_instructions,
-        n_text=spec.n_text,
-        n_eval=spec.n_eval,
-        ability_weights=spec.ability_weights or None,
-    )
-    (Path(args.out) / "owl_world_spec.json").write_text(_json.dumps(dataclasses.asdict(spec), sort_keys=True))
+    manifest = build_from_spec(args.out, dataclasses.replace(spec, **flags))
     print(f"wrote Owl-World to {args.out}: " + ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()))
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from owl.errors import ConfigError
+from owl.errors import ConfigError, ConfigNotFound
 
 __all__ = ["ConfigError", "deep_merge", "dump_yaml", "from_dict", "parse_overrides", "read_yaml", "reject_unknown"]
 
@@ -130,6 +130,8 @@ def dump_yaml(obj: Any) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; a syntax error is one line naming the file, line and column."""
+    if not path.is_file():
+        raise ConfigNotFound(f"config file not found: {path}")
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.MarkedYAMLError as e:

@@ -97,3 +97,45 @@ def test_errors_are_one_readable_line(tmp_path, capsys):
         assert main([str(a) for a in args]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("owl: error:") and expected in lines[0], (args, lines)
+
+
+def test_recipe_mistakes_are_one_line_and_leave_nothing_behind(tmp_path):
+    """A YAML syntax error names file:line:column; a missing data file fails before any model is built."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: out\ndata:\n  sources: [ {name: a\n")
+    r = run_cli("train", bad, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().startswith(f"owl: error: {bad}:4:1: YAML syntax error")
+    assert len(r.stderr.strip().splitlines()) == 1
+    recipe = tmp_path / "missing.yaml"
+    recipe.write_text(
+        "output_dir: out\nmodel: {preset: tiny, tokenizer: byte}\n"
+        "data: {sources: [{name: caps, format: captions, path: nope/captions.jsonl}]}\ntrain: {max_steps: 1}\n"
+    )
+    r = run_cli("train", recipe, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "no file matches path 'nope/captions.jsonl'" in lines[0]
+    assert not (tmp_path / "out").exists()
+    r = run_cli("world", "build", "--out", tmp_path / "w", "--spec", tmp_path / "no-spec.yaml")
+    assert r.returncode == 2 and r.stderr.strip() == f"owl: error: config file not found: {tmp_path / 'no-spec.yaml'}"
+
+
+def test_a_bug_keeps_its_traceback_and_exits_1(monkeypatch, capsys):
+    import owl.cli
+
+    def broken(_args):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(owl.cli, "cmd_info", broken)
+    assert owl.cli.main(["info", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: an internal bug" in err
+
+
+def test_world_build_from_a_spec_with_flag_overrides(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("seed: 3\nimage_size: 48\nn_captions: 5\nn_instructions: 4\nn_text: 2\nn_eval: 4\n")
+    r = run_cli("world", "build", "--out", tmp_path / "w", "--spec", spec, "--n-captions", "7")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((tmp_path / "w" / "captions.jsonl").read_text().splitlines()) == 7
+    stamp = json.loads((tmp_path / "w" / "owl_world_spec.json").read_text())
+    assert stamp["seed"] == 3 and stamp["n_captions"] == 7 and stamp["image_size"] == 48

@@ -33,10 +33,7 @@ def preflight(cfg: TrainConfig) -> None:
     A run that would fail on a missing file fails here, in milliseconds, leaving no output directory behind.
     """
     for src in [*cfg.data.sources, *cfg.data.probe]:
-        try:
-            resolve_files(src)
-        except FileNotFoundError as e:
-            raise DataFileNotFound(f"data.sources[{src.name}]: {e}") from e
+        resolve_files(src)  # raises DataFileNotFound naming the source and the path
         if src.image_root and not Path(src.image_root).is_dir():
             raise DataFileNotFound(f"data.sources[{src.name}].image_root={src.image_root}: no such directory")
     if cfg.init_from:

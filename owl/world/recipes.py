@@ -22,6 +22,7 @@ from owl.world.config import WorldSpec
 PROFILES = ("full", "quick")
 STAGES = ("stage1", "stage2")
 WORLD_PREFIX = "world."  # overrides that start with this go to the WorldSpec, the others to both recipes
+STAMP = "owl_world_spec.json"  # the spec a world folder was built from
 
 
 def recipe_file(profile: str, name: str) -> Path:
@@ -45,20 +46,15 @@ def load_world_spec(path: str | Path, overrides: list[str] | None = None) -> Wor
     return from_dict(WorldSpec, deep_merge(read_yaml(Path(path)), parse_overrides(overrides or [])), "world.")
 
 
-def prepare_world(out: str | Path, spec: WorldSpec, progress: bool | None = None) -> Path:
-    """Build the Owl-World of ``spec`` into ``out`` unless an identical one is already there; returns ``out``."""
+def build_from_spec(out: str | Path, spec: WorldSpec, progress: bool | None = None) -> dict:
+    """Build the Owl-World of ``spec`` into ``out`` and stamp it with the spec; returns the manifest."""
     from owl.world.build import build_world
     from owl.world.config import WorldConfig
 
     out = Path(out)
-    stamp = out / "owl_world_spec.json"
-    wanted = json.dumps(dataclasses.asdict(spec), sort_keys=True)
-    if stamp.exists() and stamp.read_text() == wanted:
-        return out
-    config = WorldConfig(image_size=spec.image_size, **spec.config)
-    build_world(
+    manifest = build_world(
         out,
-        config,
+        WorldConfig(image_size=spec.image_size, **spec.config),
         seed=spec.seed,
         n_captions=spec.n_captions,
         n_instructions=spec.n_instructions,
@@ -67,8 +63,21 @@ def prepare_world(out: str | Path, spec: WorldSpec, progress: bool | None = None
         ability_weights=spec.ability_weights or None,
         progress=progress,
     )
-    stamp.write_text(wanted)
+    (out / STAMP).write_text(_spec_json(spec))
+    return manifest
+
+
+def prepare_world(out: str | Path, spec: WorldSpec, progress: bool | None = None) -> Path:
+    """Build the Owl-World of ``spec`` into ``out`` unless one stamped with the same spec is there; returns ``out``."""
+    out = Path(out)
+    stamp = out / STAMP
+    if not (stamp.exists() and stamp.read_text() == _spec_json(spec)):
+        build_from_spec(out, spec, progress)
     return out
+
+
+def _spec_json(spec: WorldSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
 
 
 def load_recipe(profile: str, stage: str, world: str | Path, overrides: list[str] | None = None) -> TrainConfig:
