@@ -172,6 +172,32 @@ def cmd_bench_peak(args: argparse.Namespace) -> None:
     print(f"written to {Path(args.out) / 'peak.json'}")
 
 
+def cmd_bench_peers(args: argparse.Namespace) -> None:
+    from owl.bench.peers import main as run_peers
+
+    run_peers(args.llm, args.stages, args.modes, args.batch, args.rounds, args.image_size, args.out)
+
+
+def _bench_world_recipe(profile: str, stage: str, overrides: list[str]):  # noqa: ANN202
+    """A shipped Owl-World recipe on its world, built once into the cache (owl.bench may not import owl.world)."""
+    from owl.world.recipes import load_recipe, load_world_spec, prepare_world, recipe_file, split_overrides
+
+    world_overrides, rest = split_overrides(overrides)
+    spec = load_world_spec(recipe_file(profile, "world.yaml"), world_overrides)
+    root = Path(os.environ.get("OWL_CACHE", Path.home() / ".cache" / "owl")) / "bench-world" / profile
+    return load_recipe(profile, stage, prepare_world(root, spec, progress=False), rest)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from owl.bench.train import markdown, run_bench_train
+
+    result = run_bench_train(
+        args.recipe, args.out, args.steps, args.warmup, args.overrides, _bench_world_recipe, args.peak_size
+    )
+    print(markdown(result), end="")
+    print(f"written to {Path(args.out) / 'train.json'}")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from owl.chat import chat
 
@@ -279,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe")
     wa.set_defaults(func=cmd_world_ablation)
 
-    b = sub.add_parser("bench", help="measured figures: this machine's peak").add_subparsers(
+    b = sub.add_parser("bench", help="measured figures: this machine's peak, training step, peers").add_subparsers(
         dest="bench_cmd", required=True
     )
     bp = b.add_parser("peak", help="measured GEMM throughput per precision (the denominator of MFU)")
@@ -287,6 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--size", type=int, default=2048, help="square matrix size n (2 n^3 FLOPs per GEMM)")
     bp.add_argument("--seconds", type=float, default=2.0, help="time spent per precision")
     bp.set_defaults(func=cmd_bench_peak)
+    bq = b.add_parser("peers", help="owl's training step against LLaVA and BLIP-2 (same LLM, batch; random weights)")
+    bq.add_argument("--llm", default="smollm2,tiny", help="comma-separated: smollm2 (135M shape), tiny (~17M)")
+    bq.add_argument("--stages", default="1,2", help="1: vision + connector train; 2: connector + LoRA on the LLM")
+    bq.add_argument("--modes", default="model-only,trainer", help="model-only: one plain loop; trainer: owl's own")
+    bq.add_argument("--batch", type=int, help="samples per step (default: 2 for smollm2, 4 for tiny)")
+    bq.add_argument("--rounds", type=int, help="timed round-robin rounds (default: 3 for smollm2, 5 for tiny)")
+    bq.add_argument("--image-size", type=int, default=224, help="image side in pixels (a multiple of 14)")
+    bq.add_argument("--out", default="runs/bench", help="writes peers.json and peers.md here")
+    bq.set_defaults(func=cmd_bench_peers)
+    bt = b.add_parser(
+        "train",
+        help="step time, tokens/s and MFU of training recipes through the real training step",
+        description="Default recipes: world:full/stage1 world:full/stage2 configs/tiny/stage1.yaml "
+        "configs/tiny/stage2.yaml (run from a checkout's root). A stage-2 recipe starts from a 1-step stage-1 run.",
+    )
+    bt.add_argument(
+        "--recipe", action="append", help="a recipe YAML or world:<profile>/<stage> (repeatable; default: see above)"
+    )
+    bt.add_argument("--steps", type=int, default=5, help="timed optimizer steps per recipe")
+    bt.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bt.add_argument("--out", default="runs/bench", help="writes train.json and train.md here")
+    bt.add_argument("--peak-size", type=int, default=2048, help="GEMM size n of the measured peak (MFU's denominator)")
+    bt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe (world.KEY: world)")
+    bt.set_defaults(func=cmd_bench_train)
 
     c = sub.add_parser("chat", help="multi-turn chat with a model (images with /image PATH)")
     c.add_argument("model", help="model directory (or a training run's output directory)")

@@ -25,7 +25,8 @@ MPLUG_SYSTEM_PROMPT = (
 )
 
 VISION_BACKBONES = ("clip", "siglip", "efficientnet")
-TEMPLATES = ("mplug-owl-v1", "chat-template")
+TEMPLATES = ("mplug-owl-v1", "chat-template", "plain")
+ABSTRACTOR_INITS = ("reference", "image-through")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -90,8 +91,15 @@ class AbstractorConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     ffn_layer_norm_eps: float = 1e-6
+    # How a model trained from scratch starts (converted checkpoints overwrite it): "reference" (normal 0.02, as the
+    # released code) or "image-through" (variance-preserving value/output projections, so the visual tokens carry the
+    # image from step 0 instead of being ~the normalised queries; see owl/models/abstractor.py).
+    init: str = "reference"
 
     def __post_init__(self) -> None:
+        _check(
+            self.init in ABSTRACTOR_INITS, f"abstractor.init={self.init!r} is unknown; use one of {ABSTRACTOR_INITS}"
+        )
         _check(self.num_queries >= 1, f"abstractor.num_queries={self.num_queries} must be >= 1")
         _check(self.num_layers >= 1, f"abstractor.num_layers={self.num_layers} must be >= 1")
         _check(

@@ -66,6 +66,7 @@ class Sample:
     source: str = ""
     id: str = ""
     meta: dict = field(default_factory=dict)
+    template: str | None = None  # render with this template instead of the model's (a data source's ``template``)
 
     def num_image_markers(self) -> int:
         return sum(m.content.count(IMAGE_TOKEN) for m in self.messages)

@@ -105,6 +105,8 @@ def _generate_batch(
     model.eval()
     encoded = [processor.encode(s, for_generation=True) for s in samples]
     batch = processor.collate(encoded, padding_side="left")
+    device = next(model.parameters()).device  # the processor builds CPU tensors; a GPU model needs them moved
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     embeds = model.embed(batch["input_ids"], batch["pixel_values"], batch["image_counts"])
     eos = eos_ids(model, processor)
     cfg = _hf_config(options, eos, processor.pad_id)

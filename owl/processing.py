@@ -94,7 +94,7 @@ class OwlProcessor:
     # ------------------------------------------------------------------ one sample
     def segments(self, sample: Sample, for_generation: bool) -> list[Segment]:
         return render(
-            self.config.template,
+            sample.template or self.config.template,
             self.tokenizer,
             sample.messages,
             self.config.system_prompt,
@@ -112,7 +112,7 @@ class OwlProcessor:
         ids: list[int] = []
         labels: list[int] = []
         bos = self.tokenizer.bos_token_id
-        if self.config.template == "mplug-owl-v1" and bos is not None:
+        if (sample.template or self.config.template) == "mplug-owl-v1" and bos is not None:
             ids.append(bos)
             labels.append(IGNORE_INDEX)
         image_starts: list[int] = []

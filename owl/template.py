@@ -20,6 +20,11 @@ Templates:
   reference data; a marker in the middle of text stays inline. Inference
   prompts end with ``AI: `` (trailing space). Targets: each answer + EOS.
 
+- ``plain``: the turns back to back, nothing added: a caption sample is
+  ``<image>{caption}</s>``, image-conditioned language modelling as in the
+  paper's stage 1 (a data source's ``template: plain``). Targets: each answer
+  + EOS. The system prompt is not used.
+
 - ``chat-template``: the LLM tokenizer's own chat template (e.g. ChatML).
   Targets are found by rendering prefixes: the text that rendering turn *i*
   adds after the generation prompt of turns ``< i`` is that turn's target
@@ -141,6 +146,20 @@ def render_chat_template(
     return segs
 
 
+def render_plain(messages: list[Message], add_generation_prompt: bool) -> list[Segment]:
+    """Turns back to back with no role markers or system prompt; each answer and an EOS are the targets."""
+    segs: list[Segment] = []
+    for m in messages:
+        if m.role == "assistant":
+            if m.content:
+                segs.append(Segment("text", m.content, target=True))
+            segs.append(Segment("eos", target=True))
+        elif m.role == "user":
+            segs += _split_images(m.content.strip(), target=False)
+    del add_generation_prompt  # nothing marks where an answer starts
+    return segs
+
+
 def render(
     template: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -153,7 +172,9 @@ def render(
         return render_v1(messages, system_prompt, add_generation_prompt)
     if template == "chat-template":
         return render_chat_template(tokenizer, messages, system_prompt, add_generation_prompt)
-    raise ConfigError(f"unknown template {template!r}; use mplug-owl-v1 or chat-template")
+    if template == "plain":
+        return render_plain(messages, add_generation_prompt)
+    raise ConfigError(f"unknown template {template!r}; use mplug-owl-v1, chat-template or plain")
 
 
 def segments_to_text(segs: list[Segment], eos: str = "</s>") -> str:

@@ -11,7 +11,8 @@ from tests.helpers import random_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+os.environ.setdefault("OWL_CPU_BF16", "0")  # precision auto -> fp32 everywhere: numeric comparisons stay machine-free
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

@@ -197,3 +197,23 @@ def test_collate_padding_sides():
     assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
     assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][0, -1] == 1
     assert right["pixel_values"] is None and right["image_counts"].tolist() == [0, 0]
+
+
+def test_plain_template_is_image_then_caption_with_only_the_caption_as_target(tmp_path):
+    """A source's ``template: plain`` (the paper's stage 1): no system prompt or role markers, fewer tokens."""
+    from owl.data import SourceSpec, iter_source
+
+    random_image(0).save(tmp_path / "a.png")
+    (tmp_path / "c.jsonl").write_text('{"image": "a.png", "caption": "A red circle."}\n')
+    plain = next(iter_source(SourceSpec("c", "captions", str(tmp_path / "c.jsonl"), template="plain")))
+    chat = next(iter_source(SourceSpec("c", "captions", str(tmp_path / "c.jsonl"))))
+    assert plain.template == "plain" and chat.template is None
+    p = proc()
+    assert segments_to_text(p.segments(plain, False)) == "<image>A red circle.</s>"
+    enc, full = p.encode(plain), p.encode(chat)
+    caption = TOK("A red circle.", add_special_tokens=False)["input_ids"]
+    assert enc.input_ids == [IMAGE_PLACEHOLDER_ID] * V + caption + [TOK.eos_token_id]
+    assert enc.labels == [IGNORE_INDEX] * V + caption + [TOK.eos_token_id]
+    assert len(enc.input_ids) < len(full.input_ids)
+    with pytest.raises(ValueError, match="template 'chat' is unknown"):
+        SourceSpec("c", "captions", "x.jsonl", template="chat")

@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from owl.config import MPLUG_SYSTEM_PROMPT
 from owl.conversation import IMAGE_TOKEN, Message, Sample, SampleError
 from owl.data.source import (
     FORMATS,
@@ -291,7 +292,30 @@ def _mplug(record: dict, spec: SourceSpec, image_root: str) -> Sample:
     images = _image_paths(_get(record, spec, "image", (str, list), required=False), spec, image_root)
     task_type = record.get(spec.field_name("task_type"))
     meta = {"task_type": task_type} if task_type is not None else {}
-    return Sample(parse_mplug_text(text), images=images, meta=meta)
+    return Sample(normalize_mplug_messages(parse_mplug_text(text)), images=images, meta=meta)
+
+
+def normalize_mplug_messages(messages: list[Message]) -> list[Message]:
+    """The reference format's conventions, as the conversation they stand for.
+
+    - Its fixed preamble (:data:`owl.config.MPLUG_SYSTEM_PROMPT`, on every line of the released data) means
+      "the default system prompt": it is dropped so the model's configured ``processor.system_prompt`` is
+      rendered, the one inference uses too. (For the ``mplug-owl-v1`` template that default *is* the
+      preamble, so nothing changes.) Any other system text stays.
+    - ``Human: <image>`` lines followed by a ``Human:`` question are one user turn, images first (as LLaVA,
+      ShareGPT and every inference prompt write it). ``mplug-owl-v1`` renders the two identically; a chat
+      template would otherwise put the image in a user turn of its own, a prompt shape no request has.
+    """
+    out: list[Message] = []
+    for m in messages:
+        if m.role == "system" and m.content.strip() == MPLUG_SYSTEM_PROMPT:
+            continue
+        prev = out[-1] if out else None
+        if prev is not None and prev.role == m.role == "user" and not prev.content.replace(IMAGE_TOKEN, "").strip():
+            out[-1] = Message("user", f"{prev.content.rstrip()}\n{m.content}")
+            continue
+        out.append(m)
+    return out
 
 
 def _llava(record: dict, spec: SourceSpec, image_root: str) -> Sample:

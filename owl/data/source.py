@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from braceexpand import braceexpand
 
+from owl.config import TEMPLATES
 from owl.conversation import IMAGE_TOKEN, Message, Sample, SampleError
 from owl.errors import ConfigError, DataFileNotFound
 
@@ -52,7 +53,11 @@ class SourceSpec:
     (default: the folder of the data file that names them). ``fields`` renames
     input field names (keys of :data:`DEFAULT_FIELDS`), e.g.
     ``{"image": "url", "caption": "text"}``. ``caption_prompt`` is the user text
-    after ``<image>`` in caption samples (empty: the image alone).
+    after ``<image>`` in caption samples (empty: the image alone). ``template``
+    renders this source's samples with another template than the model's:
+    ``plain`` is the paper's stage 1, image then caption as plain language
+    modelling, without the ~18 tokens of system prompt and role markers a chat
+    template adds to every sample.
     """
 
     name: str
@@ -62,6 +67,7 @@ class SourceSpec:
     weight: float = 1.0
     fields: dict[str, str] = field(default_factory=dict)
     caption_prompt: str = ""
+    template: str | None = None  # "plain": no chat scaffolding (the paper's stage 1); None: the model's template
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -103,6 +109,9 @@ class SourceSpec:
                 f"{where}: caption_prompt only applies to formats {', '.join(sorted(CAPTION_FORMATS))}; "
                 f"remove it for format {self.format!r}"
             )
+
+        if self.template is not None and self.template not in TEMPLATES:
+            raise ConfigError(f"{where}: template {self.template!r} is unknown; use one of {', '.join(TEMPLATES)}")
 
     def field_name(self, key: str) -> str:
         """The input field name for ``key`` (one of this format's :data:`DEFAULT_FIELDS`), after renames."""
@@ -192,6 +201,7 @@ def build_sample(spec: SourceSpec, where: str, make: Callable[[], Sample]) -> Sa
     try:
         sample = make()
         sample.source = spec.name
+        sample.template = spec.template
         sample.id = sample.id or where
         if not sample.messages:
             raise SampleError("empty", "record has no conversation turns")

@@ -86,6 +86,8 @@ class VisualAbstractor(nn.Module):
         self.visual_fc = nn.Linear(h, llm_width)
         self.vit_eos = nn.Parameter(torch.zeros(1, 1, llm_width))
         self.reset_parameters()
+        if cfg.init == "image-through":
+            self.let_image_through()
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -104,6 +106,28 @@ class VisualAbstractor(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.query_tokens, std=std)
         nn.init.normal_(self.vit_eos, std=std)
+
+    @torch.no_grad()
+    def let_image_through(self) -> None:
+        """An init for training from scratch in which the image, not the queries, dominates the output.
+
+        With the reference init every projection has std 0.02, so the attention output added to the residual
+        (the *normalised* queries, unit variance) is ~100x smaller than it: at step 0 the visual tokens vary
+        far more across queries than across images and the LLM first sees almost the same tokens for every
+        image. Here the image path preserves variance: orthogonal ``in_proj``, value and output projections
+        (gain 1), query/key projections at std 1/sqrt(width) (attention logits of unit scale, so each query
+        starts attending to different image tokens), and the queries themselves at std 0.02 (before the
+        layer norm, which rescales them, they only have to differ).
+        """
+        if isinstance(self.in_proj, nn.Linear):
+            nn.init.orthogonal_(self.in_proj.weight)
+        for layer in self.layers:
+            assert isinstance(layer, AbstractorLayer)
+            h = layer.query.in_features
+            nn.init.orthogonal_(layer.value.weight)
+            nn.init.orthogonal_(layer.out_proj.weight)
+            nn.init.normal_(layer.query.weight, std=h**-0.5)
+            nn.init.normal_(layer.key.weight, std=h**-0.5)
 
     def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
         image = self.in_proj(image_tokens)  # (N, T, H)

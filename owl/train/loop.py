@@ -222,12 +222,18 @@ def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
 
 
 def _precision(cfg: TrainConfig) -> str:
-    p = cfg.train.precision
-    if p == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    if p == "bf16" and not torch.cuda.is_available():
-        print("owl: warning: bf16 on this CPU is 10-400x slower than fp32; training in bf16 as asked", file=sys.stderr)
-    return "no" if p == "fp32" else p
+    from owl.train.precision import resolve_precision
+
+    precision, why = resolve_precision(cfg.train.precision)
+    if cfg.train.precision == "bf16" and not torch.cuda.is_available() and precision == "bf16":
+        from owl.train.precision import cpu_bf16_speedup
+
+        if cpu_bf16_speedup() < 1.0:
+            warn = f"owl: warning: bf16 GEMMs run {cpu_bf16_speedup():.2g}x fp32 on this CPU; bf16 as asked"
+            print(warn, file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"precision: {why}")
+    return precision
 
 
 # ------------------------------------------------------------------------------------------------ step

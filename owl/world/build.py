@@ -80,13 +80,16 @@ def build_world(
     n_eval: int = _DEFAULTS.n_eval,
     *,
     ability_weights: Mapping[str, float] | None = None,
+    qa_per_image: int = 1,
     progress: bool | None = None,
 ) -> dict:
     """Generate and write a world; returns the manifest (also written as ``manifest.json``).
 
     ``ability_weights`` sets the share of each image ability in ``instruct.jsonl``
-    (default: all equal); the eval split always covers every supported ability, text
-    included, equally. ``progress=None`` shows a bar only on a terminal.
+    (default: all equal) and ``qa_per_image`` how many questions each of its single-scene
+    images carries (see :func:`owl.world.generate.packed_item`); the eval split always covers
+    every supported ability, text included, equally, one question per item.
+    ``progress=None`` shows a bar only on a terminal.
     """
     config = config if config is not None else WorldConfig()
     for name, n in (
@@ -107,7 +110,9 @@ def build_world(
         captions.append({"image": caption_images.add(scene), "caption": caption(scene, rng)})
 
     weights = ability_weights or {a: 1.0 for a in supported_abilities(config) if a != "text"}
-    instruct_items = generate_items(config, _stream(seed, "instruct"), n_instructions, weights=weights)
+    instruct_items = generate_items(
+        config, _stream(seed, "instruct"), n_instructions, weights=weights, qa_per_image=qa_per_image
+    )
     instruct = _reference_lines(instruct_items, instruct_images)
     texts = TextSampler(_stream(seed, "text"), "train")
     text_items = [texts.draw() for _ in range(n_text)]

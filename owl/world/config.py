@@ -158,4 +158,5 @@ class WorldSpec:
     n_text: int = 400
     n_eval: int = 600
     ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
+    qa_per_image: int = 1  # questions per instruct.jsonl image for the single-scene abilities (owl.world.generate)
     config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields, e.g. {max_objects: 1}

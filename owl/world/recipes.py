@@ -61,6 +61,7 @@ def build_from_spec(out: str | Path, spec: WorldSpec, progress: bool | None = No
         n_text=spec.n_text,
         n_eval=spec.n_eval,
         ability_weights=spec.ability_weights or None,
+        qa_per_image=spec.qa_per_image,
         progress=progress,
     )
     (out / STAMP).write_text(_spec_json(spec))

@@ -116,12 +116,17 @@ def plot_examples(
     return Path(path)
 
 
-def table(summary: dict[str, dict], baseline: dict | None = None) -> str:
-    head = "| ability | n | accuracy | chance |" + (" before tuning |" if baseline else "")
-    lines = [head, "|---|---:|---:|---:|" + ("---:|" if baseline else "")]
+def table(summary: dict[str, dict], baseline: dict | None = None, blind: dict | None = None) -> str:
+    """Markdown: accuracy per ability beside chance, the blind commonest-answer score and the untuned LLM."""
+    head = (
+        "| ability | n | accuracy | chance |" + (" blind |" if blind else "") + (" before tuning |" if baseline else "")
+    )
+    lines = [head, "|---|---:|---:|---:|" + ("---:|" if blind else "") + ("---:|" if baseline else "")]
     for a in ordered(summary) + (["overall"] if "overall" in summary else []):
         s = summary[a]
         row = f"| {a} | {s['n']} | {100 * s['accuracy']:.1f}% | {100 * s['chance']:.1f}% |"
+        if blind:
+            row += f" {100 * blind[a]['accuracy']:.1f}% |" if a in blind else " |"
         if baseline:
             b = baseline.get(a)
             row += f" {100 * b['accuracy']:.1f}% |" if b else " |"

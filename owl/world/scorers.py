@@ -181,6 +181,21 @@ def summarize(items: Sequence[dict], predictions: Sequence[str]) -> dict[str, di
     return summary
 
 
+def blind_predictions(items: Sequence[dict]) -> list[str]:
+    """What a blind answerer says: for each item, the commonest gold answer of its task in ``items`` itself.
+
+    The answer prior a model can learn without looking, measured on the held-out split (so an upper bound of
+    it: a model only sees the training split's answers). An ability far above this score reads the image;
+    one at it answers from priors. Ties go to the alphabetically first answer.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for item in items:
+        task = counts.setdefault(item.get("task", item["ability"]), {})
+        task[item["answer"]] = task.get(item["answer"], 0) + 1
+    best = {task: min(c, key=lambda a: (-c[a], a)) for task, c in counts.items()}
+    return [best[item.get("task", item["ability"])] for item in items]
+
+
 def format_summary(summary: dict[str, dict]) -> str:
     """A plain-text table of :func:`summarize` output, chance beside each score."""
     lines = [f"{'ability':<12} {'n':>5} {'accuracy':>9} {'chance':>7}"]

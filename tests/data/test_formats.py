@@ -146,21 +146,27 @@ def render_reference(messages: list[Message]) -> str:
     return "\n".join(prefix[m.role] + m.content for m in messages)
 
 
+def v1_text(messages: list[Message]) -> str:
+    """What owl's mplug-owl-v1 template renders (default system prompt), EOS marks removed."""
+    from owl.config import MPLUG_SYSTEM_PROMPT
+    from owl.template import render, segments_to_text
+
+    return segments_to_text(render("mplug-owl-v1", None, messages, MPLUG_SYSTEM_PROMPT, False)).replace("</s>", "")
+
+
 def test_mplug_record_from_the_docs(tmp_path):
     touch(tmp_path, "a.jpg")
     text = f"{SYSTEM}\nHuman: <image>\nHuman: What is in the picture?\nAI: A cat on a sofa."
     path = write_jsonl(tmp_path / "sft.jsonl", [{"image": ["a.jpg"], "text": text, "task_type": "llava_sft"}])
     (sample,), skipped = read(SourceSpec("owl", "mplug", str(path)))
     assert skipped == []
-    assert roles(sample) == [
-        ("system", SYSTEM),
-        ("user", "<image>"),
-        ("user", "What is in the picture?"),
-        ("assistant", "A cat on a sofa."),
-    ]
+    # The fixed preamble stands for the default system prompt and the image line joins its question: the
+    # conversation every inference prompt has, which the reference template renders back byte for byte.
+    assert roles(sample) == [("user", "<image>\nWhat is in the picture?"), ("assistant", "A cat on a sofa.")]
     assert sample.images == [str(tmp_path / "a.jpg")]
     assert sample.meta == {"task_type": "llava_sft"}
-    assert render_reference(sample.messages) == text
+    assert v1_text(sample.messages) == text
+    assert render_reference(parse_mplug_text(text)) == text  # the raw parse stays a lossless split
 
 
 def test_mplug_multi_image_multi_turn_and_text_only(tmp_path):
@@ -180,8 +186,9 @@ def test_mplug_multi_image_multi_turn_and_text_only(tmp_path):
     )
     (multi, plain, empty_list), skipped = read(SourceSpec("owl", "mplug", str(path)))
     assert skipped == []
-    assert [m.role for m in multi.messages] == ["system", "user", "user", "user", "assistant", "user", "assistant"]
-    assert multi.messages[4].content == "The left one is red.\nThe right one is blue."
+    assert [m.role for m in multi.messages] == ["user", "assistant", "user", "assistant"]
+    assert multi.messages[0].content == "<image>\n<image>\nWhat differs?"
+    assert multi.messages[1].content == "The left one is red.\nThe right one is blue."
     assert len(multi.images) == 2 and multi.num_image_markers() == 2
     assert (
         plain.images == []
@@ -190,7 +197,10 @@ def test_mplug_multi_image_multi_turn_and_text_only(tmp_path):
     assert plain.meta == {"task_type": "gpt4instruct_sft"}
     assert empty_list.meta == {} and not empty_list.is_multimodal
     for sample, text in [(multi, two), (plain, text_only)]:
-        assert render_reference(sample.messages) == text
+        assert v1_text(sample.messages) == text
+    own = write_jsonl(tmp_path / "own.jsonl", [{"text": "Be terse.\nHuman: Hi\nAI: Hello."}])
+    (custom,), _ = read(SourceSpec("own", "mplug", str(own)))
+    assert roles(custom)[0] == ("system", "Be terse.")  # a system text of one's own is kept
 
 
 def test_mplug_bad_records(tmp_path):

@@ -118,3 +118,20 @@ GOLDEN = [
     [0.117637, 0.047276, 0.11294, -0.041539],
     [-0.014371, 0.033794, -0.039874, -0.004571],
 ]
+
+
+def test_image_through_init_lets_the_image_dominate_the_visual_tokens():
+    """Reference init: the tokens barely depend on the image (~1000x more spread across queries than across
+    images); image-through: the image's share is ~100x larger, with the same architecture and parameter count."""
+    import dataclasses
+
+    ratios = {}
+    for init in ("reference", "image-through"):
+        torch.manual_seed(0)
+        m = VisualAbstractor(dataclasses.replace(CFG, init=init), 48, 24).eval()
+        with torch.no_grad():
+            out = m(torch.randn(64, 9, 48))[:, :-1]
+        ratios[init] = (out.mean(0).var(0).mean() / out.var(0).mean()).item()  # across queries / across images
+    assert ratios["reference"] > 100 * ratios["image-through"] / 2 and ratios["image-through"] < 20
+    with pytest.raises(ValueError, match="abstractor.init"):
+        AbstractorConfig(init="zeros")

@@ -148,3 +148,39 @@ def test_bytes_do_not_depend_on_python_hash_seed(world, tmp_path):
     root = Path(__file__).parents[2]
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], check=True, env=env, cwd=root)
     assert _digests(tmp_path / "w") == _digests(out)
+
+
+def test_packed_instructions_ask_several_questions_about_one_image(tmp_path):
+    """qa_per_image=4: single-scene items become 4-question conversations about one image; the eval split
+    keeps one question per item and every packed answer is the true one for its scene."""
+    import random
+
+    from owl.world.captions import number_word
+    from owl.world.generate import generate_items
+    from owl.world.tasks_visual import COUNT_ALL
+
+    items = generate_items(WorldConfig(), random.Random(0), 60, qa_per_image=4)
+    packed = [it for it in items if it.task == "packed"]
+    assert packed and all(len(it.turns) == 4 and len(it.scenes) == 1 for it in packed)
+    assert all(len({q for q, _ in it.turns}) == 4 for it in packed)
+    single = [it for it in items if it.task != "packed"]
+    assert {it.ability for it in single} <= {"knowledge", "reasoning", "multiturn", "multiimage", "text"}
+    for it in packed:  # count questions about all shapes must give the scene's object count
+        for q, a in it.turns:
+            if q.split("?")[0] + "?" in COUNT_ALL or q.split(".")[0] + "." in COUNT_ALL:
+                assert a in (str(len(it.scenes[0].objects)), number_word(len(it.scenes[0].objects))), (q, a)
+    m = build_world(
+        tmp_path,
+        WorldConfig(),
+        seed=1,
+        n_captions=4,
+        n_instructions=20,
+        n_text=2,
+        n_eval=24,
+        qa_per_image=3,
+        progress=False,
+    )
+    assert all(len(e["messages"]) in (1, 3) for e in _rows(tmp_path / "eval.jsonl"))  # multiturn eval keeps its own
+    assert m["counts"]["instruct"] == 20
+    with pytest.raises(ValueError, match="qa_per_image"):
+        generate_items(WorldConfig(), random.Random(0), 5, qa_per_image=0)

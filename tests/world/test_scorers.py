@@ -149,3 +149,26 @@ def test_summarize_per_ability_and_overall():
     assert "colour" in format_summary(summary) and "50.0%" in format_summary(summary)
     with pytest.raises(ValueError, match="2 eval items but 1 predictions"):
         summarize(items[:2], ["red"])
+
+
+def test_blind_answerer_says_each_tasks_commonest_answer():
+    """The prior a model can learn without looking: per task, the commonest held-out answer (ties: first a-z)."""
+    from owl.world.scorers import blind_predictions
+
+    def item(task, answer, ability="colour"):
+        return {"ability": ability, "task": task, "answer": answer, "scorer": {"rule": "exact", "choices": []}}
+
+    items = [item("at", "red"), item("at", "red"), item("at", "blue"), item("of", "green"), item("of", "blue")]
+    items.append(item("count_all", "2", "count"))
+    assert blind_predictions(items) == ["red", "red", "red", "blue", "blue", "2"]
+    s = summarize(items, blind_predictions(items))
+    assert s["colour"]["accuracy"] == pytest.approx(3 / 5) and s["count"]["accuracy"] == 1.0
+
+
+def test_demo_targets_need_accuracy_and_a_margin_over_blind():
+    from owl.world.demo import check_targets
+
+    summary = {"colour": {"accuracy": 0.82, "chance": 1 / 6}, "count": {"accuracy": 0.76, "chance": 0.25}}
+    blind = {"colour": {"accuracy": 0.25}, "count": {"accuracy": 0.6}}
+    rows = {what: met for what, _, met in check_targets(summary, None, blind)}
+    assert rows == {"colour": True, "colour above blind": True, "count": True, "count above blind": False}
