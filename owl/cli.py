@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="full",
         choices=["full", "quick"],  # owl.world.recipes.PROFILES
-        help="full: SmolLM2-135M + pretrained CNN (~15 min on 2 cores); quick: tiny random LLM (<1 min)",
+        help="full: SmolLM2-135M + pretrained CNN (11-22 min on 2 cores, by CPU); quick: tiny random LLM (<1 min)",
     )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     d.add_argument("--seed", type=int, default=0)

@@ -27,12 +27,18 @@ def gemm_tflops(n: int, dtype: torch.dtype, seconds: float = 1.0, device: str = 
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(2):  # warm-up: thread pools, kernel selection, caches
-        a @ b
+    t = time.perf_counter()
+    a @ b  # warm-up: thread pools, kernel selection, caches
     sync()
+    # A precision with no fast kernels (bf16 without AMX: 10-400x slower) takes many seconds per GEMM at n=2048:
+    # then one more warm-up and three repeats would take minutes, so it gets a single timed repeat.
+    slow = time.perf_counter() - t > seconds / 3
+    if not slow:
+        a @ b
+        sync()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 1000):
+    while len(times) < (1 if slow else 3) or (time.perf_counter() - start < seconds and len(times) < 1000):
         t = time.perf_counter()
         a @ b
         sync()

@@ -28,3 +28,11 @@ def test_bench_peak_cli_writes_json_and_markdown(tmp_path):
     assert "| fp32 |" in (tmp_path / "peak.md").read_text() and "| bf16 |" in r.stdout
     bad = run_cli("bench", "peak", "--out", tmp_path, "--size", "4")
     assert bad.returncode == 2 and bad.stderr.startswith("owl: error: --size 4")
+
+
+def test_a_precision_without_fast_kernels_is_timed_once(monkeypatch):
+    """bf16 on a CPU without AMX: seconds per GEMM, so one timed repeat instead of minutes of them."""
+    ticks = iter(range(0, 100_000, 10))  # every clock read 10 s later: a 10 s GEMM against a 2 s budget
+    monkeypatch.setattr("owl.bench.peak.time.perf_counter", lambda: float(next(ticks)))
+    r = gemm_tflops(32, torch.float32, seconds=2.0)
+    assert r["repeats"] == 1 and r["tflops"] == pytest.approx(2 * 32**3 / 10 / 1e12)
