@@ -92,9 +92,13 @@ class OwlProcessor:
         return cls.from_config(OwlConfig.load(path / CONFIG_NAME), load_tokenizer(path), augment)
 
     # ------------------------------------------------------------------ one sample
+    def template(self, sample: Sample) -> str:
+        """The sample's own template (its data source's ``template``), else the model's."""
+        return sample.template or self.config.template
+
     def segments(self, sample: Sample, for_generation: bool) -> list[Segment]:
         return render(
-            sample.template or self.config.template,
+            self.template(sample),
             self.tokenizer,
             sample.messages,
             self.config.system_prompt,
@@ -112,7 +116,7 @@ class OwlProcessor:
         ids: list[int] = []
         labels: list[int] = []
         bos = self.tokenizer.bos_token_id
-        if (sample.template or self.config.template) == "mplug-owl-v1" and bos is not None:
+        if self.template(sample) == "mplug-owl-v1" and bos is not None:
             ids.append(bos)
             labels.append(IGNORE_INDEX)
         image_starts: list[int] = []

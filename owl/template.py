@@ -146,8 +146,9 @@ def render_chat_template(
     return segs
 
 
-def render_plain(messages: list[Message], add_generation_prompt: bool) -> list[Segment]:
-    """Turns back to back with no role markers or system prompt; each answer and an EOS are the targets."""
+def render_plain(messages: list[Message]) -> list[Segment]:
+    """Turns back to back with no role markers or system prompt (so no generation prompt either); each answer and
+    an EOS are the targets."""
     segs: list[Segment] = []
     for m in messages:
         if m.role == "assistant":
@@ -156,7 +157,6 @@ def render_plain(messages: list[Message], add_generation_prompt: bool) -> list[S
             segs.append(Segment("eos", target=True))
         elif m.role == "user":
             segs += _split_images(m.content.strip(), target=False)
-    del add_generation_prompt  # nothing marks where an answer starts
     return segs
 
 
@@ -173,7 +173,7 @@ def render(
     if template == "chat-template":
         return render_chat_template(tokenizer, messages, system_prompt, add_generation_prompt)
     if template == "plain":
-        return render_plain(messages, add_generation_prompt)
+        return render_plain(messages)
     raise ConfigError(f"unknown template {template!r}; use mplug-owl-v1, chat-template or plain")
 
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,12 +224,6 @@ def _precision(cfg: TrainConfig) -> str:
     from owl.train.precision import resolve_precision
 
     precision, why = resolve_precision(cfg.train.precision)
-    if cfg.train.precision == "bf16" and not torch.cuda.is_available() and precision == "bf16":
-        from owl.train.precision import cpu_bf16_speedup
-
-        if cpu_bf16_speedup() < 1.0:
-            warn = f"owl: warning: bf16 GEMMs run {cpu_bf16_speedup():.2g}x fp32 on this CPU; bf16 as asked"
-            print(warn, file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"precision: {why}")
     return precision

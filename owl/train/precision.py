@@ -46,7 +46,9 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     if requested == "fp32":
         return "no", "fp32 as configured"
     if requested == "bf16":
-        return "bf16", "bf16 autocast as configured"
+        if torch.cuda.is_available() or cpu_bf16_speedup() >= 1.0:
+            return "bf16", "bf16 autocast as configured"
+        return "bf16", f"bf16 autocast as configured (warning: bf16 GEMMs run {cpu_bf16_speedup():.2g}x fp32 here)"
     if torch.cuda.is_available():
         return "bf16", "auto: bf16 autocast on GPU"
     forced = os.environ.get("OWL_CPU_BF16")
