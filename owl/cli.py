@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--profile",
         default="full",
-        choices=["full", "quick"],  # owl.world.recipes.PROFILES
-        help="full: SmolLM2-135M + pretrained CNN (11-22 min on 2 cores, by CPU); quick: tiny random LLM (<1 min)",
+        choices=["full", "long", "quick"],  # owl.world.recipes.PROFILES
+        help="full: SmolLM2-135M + pretrained CNN (11-22 min on 2 cores, by CPU); long: the same with 300 stage-1 "
+        "steps (20-45 min), the model that reads 1-4-object scenes best; quick: tiny random LLM (<1 min)",
     )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     d.add_argument("--seed", type=int, default=0)
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wa.add_argument("--out", default="runs/ablation")
     wa.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    wa.add_argument("--profile", default="full", choices=["full", "quick"])
+    wa.add_argument("--profile", default="full", choices=["full", "long", "quick"])
     wa.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe")
     wa.set_defaults(func=cmd_world_ablation)
 

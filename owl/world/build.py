@@ -79,6 +79,7 @@ def build_world(
     n_text: int = _DEFAULTS.n_text,
     n_eval: int = _DEFAULTS.n_eval,
     *,
+    n_captions_single: int = 0,
     ability_weights: Mapping[str, float] | None = None,
     qa_per_image: int = 1,
     progress: bool | None = None,
@@ -89,6 +90,9 @@ def build_world(
     (default: all equal) and ``qa_per_image`` how many questions each of its single-scene
     images carries (see :func:`owl.world.generate.packed_item`); the eval split always covers
     every supported ability, text included, equally, one question per item.
+    ``n_captions_single`` adds ``captions_single.jsonl``: captions of one-object scenes (images ``one_*.png``),
+    the easy end of a stage-1 curriculum (a frozen LLM learns to read one object in ~100 steps, four in
+    several hundred; benchmarks/NOTES.md); their scenes are training scenes, so the eval split avoids them too.
     ``progress=None`` shows a bar only on a terminal.
     """
     config = config if config is not None else WorldConfig()
@@ -97,17 +101,24 @@ def build_world(
         ("n_instructions", n_instructions),
         ("n_text", n_text),
         ("n_eval", n_eval),
+        ("n_captions_single", n_captions_single),
     ):
         if not isinstance(n, int) or n < 0:
             raise ConfigError(f"{name}={n!r} must be an int >= 0")
     out = Path(out_dir)
     caption_images, instruct_images, eval_images = _Images(""), _Images("inst_"), _Images("eval_")
+    single_images = _Images("one_")
 
     rng = _stream(seed, "captions")
     captions = []
     for _ in range(n_captions):
         scene = sample_scene(rng, config)
         captions.append({"image": caption_images.add(scene), "caption": caption(scene, rng)})
+    rng = _stream(seed, "captions-single")  # its own stream: the other files stay as they were without it
+    captions_single = []
+    for _ in range(n_captions_single):
+        scene = sample_scene(rng, config, n_objects=1)
+        captions_single.append({"image": single_images.add(scene), "caption": caption(scene, rng)})
 
     weights = ability_weights or {a: 1.0 for a in supported_abilities(config) if a != "text"}
     instruct_items = generate_items(
@@ -118,13 +129,13 @@ def build_world(
     text_items = [texts.draw() for _ in range(n_text)]
     text_rows = _reference_lines(text_items, instruct_images)  # text items have no images
 
-    train_scenes = caption_images.scenes() | instruct_images.scenes()
+    train_scenes = caption_images.scenes() | instruct_images.scenes() | single_images.scenes()
     eval_items = generate_items(config, _stream(seed, "eval"), n_eval, split="eval", exclude=train_scenes)
     eval_rows = []
     for i, item in enumerate(eval_items, start=1):
         eval_rows.append(item.to_eval(f"owl-world-eval-{i:06d}", [eval_images.add(s) for s in item.scenes]))
 
-    jobs = caption_images.jobs + instruct_images.jobs + eval_images.jobs
+    jobs = caption_images.jobs + single_images.jobs + instruct_images.jobs + eval_images.jobs
     (out / "images").mkdir(parents=True, exist_ok=True)
     for scene, path in tqdm(
         jobs, desc="rendering Owl-World", unit="img", disable=None if progress is None else not progress
@@ -132,30 +143,36 @@ def build_world(
         render(scene, config).save(out / path, format="PNG")
 
     write_jsonl(out / "captions.jsonl", captions)
+    if n_captions_single:
+        write_jsonl(out / "captions_single.jsonl", captions_single)
     write_jsonl(out / "instruct.jsonl", instruct)
     write_jsonl(out / "text.jsonl", text_rows)
     write_jsonl(out / "eval.jsonl", eval_rows)
     eval_chance: dict[str, list[float]] = {}
     for row in eval_rows:
         eval_chance.setdefault(row["ability"], []).append(row["chance"])
+    files = {"captions": "captions.jsonl"}
+    counts = {"captions": len(captions)}
+    if n_captions_single:
+        files["captions_single"], counts["captions_single"] = "captions_single.jsonl", len(captions_single)
     manifest = {
         "format": FORMAT_VERSION,
         "seed": seed,
         "config": config.to_dict(),
         "font": font_name(),
         "files": {
-            "captions": "captions.jsonl",
+            **files,
             "instruct": "instruct.jsonl",
             "text": "text.jsonl",
             "eval": "eval.jsonl",
             "images": "images",
         },
         "counts": {
-            "captions": len(captions),
+            **counts,
             "instruct": len(instruct),
             "text": len(text_rows),
             "eval": len(eval_rows),
-            "train_images": len(caption_images.jobs) + len(instruct_images.jobs),
+            "train_images": len(caption_images.jobs) + len(single_images.jobs) + len(instruct_images.jobs),
             "eval_images": len(eval_images.jobs),
         },
         "instruct_abilities": items_by_ability(instruct_items),

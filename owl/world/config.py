@@ -157,6 +157,7 @@ class WorldSpec:
     n_instructions: int = 2000
     n_text: int = 400
     n_eval: int = 600
+    n_captions_single: int = 0  # captions of one-object scenes (captions_single.jsonl), for a stage-1 curriculum
     ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
     qa_per_image: int = 1  # questions per instruct.jsonl image for the single-scene abilities (owl.world.generate)
     config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields, e.g. {max_objects: 1}

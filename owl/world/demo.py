@@ -210,7 +210,7 @@ def _report(
                 *[f"| {what} | {measured} | {'yes' if met else 'no'} |" for what, measured, met in targets],
                 "",
             ]
-            if profile == "full"
+            if profile != "quick"
             else [
                 "The quick profile uses a tiny random LLM: it checks the pipeline, not the targets "
                 "(run `make demo` for the real thing).",

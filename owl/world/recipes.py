@@ -19,7 +19,7 @@ from owl.errors import ConfigError
 from owl.train.config import TrainConfig, train_config_from_dict
 from owl.world.config import WorldSpec
 
-PROFILES = ("full", "quick")
+PROFILES = ("full", "long", "quick")
 STAGES = ("stage1", "stage2")
 WORLD_PREFIX = "world."  # overrides that start with this go to the WorldSpec, the others to both recipes
 STAMP = "owl_world_spec.json"  # the spec a world folder was built from
@@ -60,6 +60,7 @@ def build_from_spec(out: str | Path, spec: WorldSpec, progress: bool | None = No
         n_instructions=spec.n_instructions,
         n_text=spec.n_text,
         n_eval=spec.n_eval,
+        n_captions_single=spec.n_captions_single,
         ability_weights=spec.ability_weights or None,
         qa_per_image=spec.qa_per_image,
         progress=progress,

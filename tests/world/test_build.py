@@ -184,3 +184,21 @@ def test_packed_instructions_ask_several_questions_about_one_image(tmp_path):
     assert m["counts"]["instruct"] == 20
     with pytest.raises(ValueError, match="qa_per_image"):
         generate_items(WorldConfig(), random.Random(0), 5, qa_per_image=0)
+
+
+def test_single_object_captions_for_the_curriculum(world, tmp_path):
+    """n_captions_single adds one-object captions from a stream of their own: the other training files keep their
+    bytes, the captions name exactly one shape, and no held-out image equals one of their images."""
+    out, _ = world
+    m = build_world(tmp_path, WorldConfig(), seed=3, **SIZES, n_captions_single=30, progress=False)
+    assert m["counts"]["captions_single"] == 30 and m["files"]["captions_single"] == "captions_single.jsonl"
+    for name in ("captions.jsonl", "instruct.jsonl", "text.jsonl"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    rows = _rows(tmp_path / "captions_single.jsonl")
+    assert len(rows) == 30 and all(r["image"].startswith("images/one_") for r in rows)
+    assert all(("One shape" in r["caption"] or "one shape" in r["caption"]) for r in rows), rows[:3]
+    digests = _digests(tmp_path / "images")
+    train = {d for name, d in digests.items() if not name.startswith("eval_")}
+    assert not train & {d for name, d in digests.items() if name.startswith("eval_")}
+    assert len(list((tmp_path / "images").glob("*.png"))) == m["counts"]["train_images"] + m["counts"]["eval_images"]
+    assert "captions_single" not in build_world(tmp_path / "none", WorldConfig(), seed=3, **SIZES)["counts"]

@@ -30,3 +30,27 @@ def test_quick_demo_then_chat_and_eval(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     scores = json.loads(r.stdout)
     assert set(scores) == {"colour", "text", "overall"} and scores["colour"]["n"] == 4
+
+
+def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
+    """The shipped recipes parse (no model is built): stage 1 reads the one-object and the 1-4-object captions,
+    stage 2 keeps the captions next to the instructions, and the long profile is the full one with more stage-1
+    steps."""
+    from dataclasses import asdict
+
+    from owl.world.demo import load_profile
+
+    full = load_profile("full", tmp_path / "f", 0, None)
+    long = load_profile("long", tmp_path / "l", 0, None)
+    spec, s1, s2 = full
+    assert spec.n_captions_single > 0 and spec == long[0]
+    assert [s.name for s in s1.data.sources] == ["captions", "captions_single"]
+    assert s1.data.sources[1].path == str(tmp_path / "f" / "world" / "captions_single.jsonl")
+    assert {s.name for s in s2.data.sources} == {"multimodal", "text", "captions"}
+    assert s1.schedule.name == "constant" and s2.init_from == str(tmp_path / "f" / "stage1")
+    assert long[1].train.max_steps > s1.train.max_steps
+    for a, b in ((s1, long[1]), (s2, long[2])):
+        da, db = asdict(a), asdict(b)
+        for d in (da, db):
+            d.pop("output_dir"), d.pop("init_from"), d["data"].pop("sources"), d["train"].pop("max_steps")
+        assert da == db
