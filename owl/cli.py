@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     wb = w.add_parser("build", help="generate an Owl-World dataset")
     wb.add_argument("--out", required=True)
     wb.add_argument("--spec", help="a world spec YAML (e.g. configs/world/full/world.yaml); flags override it")
-    for name in ("seed", "image_size", "n_captions", "n_instructions", "n_text", "n_eval"):
+    for name in ("seed", "image_size", "n_captions", "n_captions_single", "n_instructions", "n_text", "n_eval"):
         wb.add_argument(
             f"--{name.replace('_', '-')}",
             type=int,
