@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="full",
         choices=["full", "long", "quick"],  # owl.world.recipes.PROFILES
-        help="full: SmolLM2-135M + pretrained CNN (11-22 min on 2 cores, by CPU); long: the same with 300 stage-1 "
-        "steps (20-45 min), the model that reads 1-4-object scenes best; quick: tiny random LLM (<1 min)",
+        help="full: SmolLM2-135M + pretrained CNN (10-25 min on 2 cores, by CPU); long: the same with 450 + 120 "
+        "steps (24-55 min), the model that begins to see; quick: tiny random LLM (<1 min)",
     )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     d.add_argument("--seed", type=int, default=0)

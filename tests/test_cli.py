@@ -139,3 +139,17 @@ def test_world_build_from_a_spec_with_flag_overrides(tmp_path):
     assert len((tmp_path / "w" / "captions.jsonl").read_text().splitlines()) == 7
     stamp = json.loads((tmp_path / "w" / "owl_world_spec.json").read_text())
     assert stamp["seed"] == 3 and stamp["n_captions"] == 7 and stamp["image_size"] == 48
+
+
+def test_world_build_single_object_captions_flag_and_bad_value(tmp_path):
+    """--n-captions-single through the real CLI writes the curriculum's one-object captions; a negative count is one
+    readable line, exit 2, not a traceback."""
+    small = ["--image-size", "48", "--n-captions", "2", "--n-instructions", "2", "--n-text", "1", "--n-eval", "2"]
+    r = run_cli("world", "build", "--out", tmp_path / "w", *small, "--n-captions-single", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "captions_single 3" in r.stdout
+    assert len((tmp_path / "w" / "captions_single.jsonl").read_text().splitlines()) == 3
+    bad = run_cli("world", "build", "--out", tmp_path / "bad", *small, "--n-captions-single", "-1")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "n_captions_single=-1" in lines[0], bad.stderr
+    assert not (tmp_path / "bad").exists()
