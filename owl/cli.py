@@ -51,6 +51,7 @@ def cmd_new(args: argparse.Namespace) -> None:
     import torch
 
     from owl.models import build_model, save_pretrained
+    from owl.models.builders import align_special_tokens
 
     config, _ = resolve_config(args.preset, args.set)
     torch.manual_seed(args.seed)
@@ -65,6 +66,8 @@ def cmd_new(args: argparse.Namespace) -> None:
         if not Path(args.tokenizer).is_dir():
             raise ConfigNotFound(f"--tokenizer {args.tokenizer}: no such directory (a tokenizer directory or 'byte')")
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if tokenizer is not None:  # pad/bos/eos agreed between tokenizer and LLM, recorded in the saved config
+        align_special_tokens(model, tokenizer)
     save_pretrained(model, args.out, tokenizer=tokenizer)
     note = "" if tokenizer is not None else " (no tokenizer: pass --llm-from or --tokenizer to include one)"
     print(f"wrote {args.out}{note}")
@@ -198,16 +201,62 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     print(f"written to {Path(args.out) / 'train.json'}")
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from owl.convert.mplug_owl import from_mplug_owl, to_mplug_owl
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    if args.direction == "from-mplug-owl":
+        config = from_mplug_owl(args.src, out)
+        llm = config.llm.hf_config["model_type"]
+        print(f"wrote {out} (mPLUG-Owl with {llm}; try: owl chat {out} --image IMG --message 'Describe the image.')")
+    else:
+        to_mplug_owl(args.src, out)
+        print(f"wrote {out} (mPLUG-Owl layout: loads with the reference's MplugOwlForConditionalGeneration)")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from owl.chat import chat
+    from owl.generation import GenerationOptions
 
+    do_sample = args.do_sample
+    if do_sample is None and args.temperature is not None:
+        do_sample = args.temperature > 0  # as before: --temperature 0 is greedy, a positive one samples
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=do_sample,
+        temperature=args.temperature if do_sample else None,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     chat(
         args.model,
         images=args.image or [],
         message=args.message,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
+        options=options,
+        show_settings=args.show_settings,
+        device=args.device,
+        dtype=args.dtype,
     )
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    from owl.export import merge_lora
+
+    print(f"wrote {merge_lora(args.model, args.out, force=args.force)} (LoRA merged into the weights)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from owl.export import export_llm, export_vision_abstractor
+
+    export = export_llm if args.part == "llm" else export_vision_abstractor
+    names = export(args.model, args.out, force=args.force)
+    note = ""
+    if args.part == "llm" and "tokenizer_config.json" not in names:
+        note = " (the model directory has no tokenizer, so neither has the export)"
+    print(f"wrote {args.out}: {', '.join(names)}{note}")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -343,9 +392,52 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model directory (or a training run's output directory)")
     c.add_argument("--image", action="append", help="image for the first message (repeatable)")
     c.add_argument("--message", help="ask one question, print the answer and exit")
-    c.add_argument("--max-new-tokens", type=int, default=128)
-    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    c.set_defaults(func=cmd_chat)
+    c.add_argument(
+        "--max-new-tokens", type=int, help="answer length limit (default: the model's generation_config.json, else 256)"
+    )
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", dest="do_sample", action="store_const", const=False, help="greedy decoding")
+    mode.add_argument("--sample", dest="do_sample", action="store_const", const=True, help="sample")
+    c.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy, > 0 samples unless --greedy")
+    c.add_argument("--top-k", type=int, help="when sampling: only among the k most likely tokens (0 = off)")
+    c.add_argument("--top-p", type=float, help="when sampling: nucleus threshold in (0, 1]")
+    c.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    c.add_argument("--show-settings", action="store_true", help="print the generation settings in use to stderr")
+    c.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    c.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
+    c.set_defaults(func=cmd_chat, do_sample=None)
+
+    ml = sub.add_parser("merge-lora", help="fold a model's LoRA adapter into its weights: a plain model directory")
+    ml.add_argument("model", help="model directory with an adapter/ (or a training run's output directory)")
+    ml.add_argument("out", help="output model directory")
+    ml.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ml.set_defaults(func=cmd_merge_lora)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a part for other tools: the LLM as a transformers directory, or the visual front end",
+        description="--part llm: a plain transformers directory (AutoModelForCausalLM / AutoTokenizer, LoRA merged). "
+        "--part vision-abstractor: vision tower + abstractor safetensors, a config JSON and a README on serving "
+        "the visual tokens with another LLM runtime.",
+    )
+    ex.add_argument("model", help="model directory (or a training run's output directory)")
+    ex.add_argument("out", help="output directory")
+    ex.add_argument("--part", required=True, choices=["llm", "vision-abstractor"])  # owl.export.PARTS
+    ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ex.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser("convert", help="released mPLUG-Owl checkpoints to owl model directories and back")
+    cv.add_argument(
+        "direction",
+        choices=["from-mplug-owl", "to-mplug-owl"],
+        help="from-mplug-owl: a released checkpoint directory (e.g. a local copy of MAGAer13/mplug-owl-llama-7b) "
+        "-> an owl model directory; to-mplug-owl: an owl model directory (CLIP vision, LoRA merged) -> the "
+        "reference's layout",
+    )
+    cv.add_argument("src", help="source directory")
+    cv.add_argument("out", help="output directory (written atomically)")
+    cv.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    cv.set_defaults(func=cmd_convert)
     return p
 
 

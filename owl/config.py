@@ -122,6 +122,10 @@ class LLMConfig:
     """Any transformers causal LM, described by its full HF config dict (``model_type`` included)."""
 
     hf_config: dict[str, Any] = field(default_factory=dict)
+    # LLMs with a LayerNorm on the word embeddings (BLOOM): whether the visual tokens pass through it too. The
+    # reference applies it to the text embeddings only and splices the visual tokens in after it (False), which its
+    # BLOOMZ checkpoint was trained with; transformers applies it to whatever inputs_embeds it gets (True).
+    normalize_visual_embeds: bool = True
 
     def __post_init__(self) -> None:
         _check("model_type" in self.hf_config, "llm.hf_config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
@@ -143,11 +147,26 @@ class ProcessorConfig:
     system_prompt: str = MPLUG_SYSTEM_PROMPT
     max_length: int = 2048
     max_image_pixels: int = 40_000_000  # refuse larger images (decompression bombs)
+    # "owl": each template segment tokenised on its own, so training and inference share token boundaries.
+    # "mplug-owl": the released checkpoints' own tokenisation and image order (the reference training loader for
+    # training samples, its processor for generation prompts), so a converted model sees exactly the ids and pixels
+    # it was trained and demoed with. The converter writes it into config.json; see owl/processing.py.
+    compat: str = "owl"
 
     def __post_init__(self) -> None:
         _check(self.template in TEMPLATES, f"processor.template={self.template!r} is unknown; use one of {TEMPLATES}")
         _check(self.max_length >= 16, f"processor.max_length={self.max_length} is too small (>= 16)")
         _check(self.max_image_pixels > 0, "processor.max_image_pixels must be positive")
+        _check(
+            self.compat in ("owl", "mplug-owl"),
+            f"processor.compat={self.compat!r} is unknown; use 'owl' (owl's own tokenisation) "
+            "or 'mplug-owl' (the released mPLUG-Owl checkpoints' tokenisation)",
+        )
+        _check(
+            self.compat != "mplug-owl" or self.template == "mplug-owl-v1",
+            f"processor.compat='mplug-owl' reproduces the reference's mplug-owl-v1 prompts, but processor.template="
+            f"{self.template!r}; set processor.template: mplug-owl-v1 or processor.compat: owl",
+        )
 
 
 @dataclass

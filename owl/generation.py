@@ -6,49 +6,163 @@ embeddings of the whole left-padded batch go to transformers' ``generate`` as
 mask so left padding does not shift them, and applies temperature/top-k/top-p).
 Batched greedy output equals one-at-a-time output (tested); the reference
 could only generate one sample at a time.
+
+Settings travel with the model: a model directory may hold a standard
+``generation_config.json`` (the released mPLUG-Owl checkpoints sample with
+top-k 3 up to 512 tokens in total). Every :class:`GenerationOptions` field
+defaults to "not set" (``None``) so that :meth:`GenerationOptions.resolve`
+can layer explicit values over the model's file over owl's built-ins (greedy,
+256 new tokens); :meth:`GenerationOptions.for_model` does this for a directory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GenerationConfig
 
 from owl.conversation import Sample
-from owl.errors import InputError
+from owl.errors import CheckpointError, InputError
 from owl.models.owl import OwlModel
 from owl.processing import Encoded, OwlProcessor
+
+# transformers' top_k when sampling is on and nothing sets it; a model file that turns sampling on without a top_k
+# was tuned with this value, so owl applies it there too (owl's own sampling default is no top-k).
+HF_DEFAULT_TOP_K = 50
 
 
 @dataclass
 class GenerationOptions:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
+    """How to generate. ``None`` means "not set": the model's generation_config.json or owl's default fills it.
+
+    ``max_length`` counts prompt + answer tokens (visual tokens included), as in transformers; ``max_new_tokens``
+    counts answer tokens only and wins when both are set in the same layer. ``eos_token_id`` adds end-of-answer
+    ids to the tokenizer's EOS. Call :meth:`resolve` to get options with every field set.
+    """
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] | None = None
     seed: int | None = None
+    eos_token_id: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = [self.eos_token_id]
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.do_sample and self.temperature <= 0:
+        if self.max_length is not None and self.max_length < 2:
+            raise InputError(f"max_length={self.max_length} must be >= 2 (it counts the prompt too)")
+        if self.do_sample and self.temperature is not None and self.temperature <= 0:
             raise InputError(
                 f"temperature={self.temperature} must be > 0 when sampling (use do_sample=False for greedy)"
             )
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise InputError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
+        if self.top_k is not None and self.top_k < 0:
             raise InputError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
-        if self.repetition_penalty <= 0:
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise InputError(f"repetition_penalty={self.repetition_penalty} must be > 0")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if any(not s for s in self.stop):
+        if self.stop is not None and any(not s for s in self.stop):
             raise InputError("stop strings must be non-empty")
+
+    # ------------------------------------------------------------------ layering
+    def resolve(self, *defaults: GenerationOptions) -> GenerationOptions:
+        """Every field set: this object's values, else the first of ``defaults`` that sets it, else owl's built-ins.
+
+        The length limit is one setting: the first layer that sets ``max_new_tokens`` or ``max_length`` decides it
+        (``max_new_tokens`` if it sets both), so a user's ``max_new_tokens`` overrides a model's ``max_length``.
+        """
+        layers = (self, *defaults, BUILTIN_DEFAULTS)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name not in ("max_new_tokens", "max_length"):
+                values[f.name] = next((getattr(x, f.name) for x in layers if getattr(x, f.name) is not None), None)
+        length = next(x for x in layers if x.max_new_tokens is not None or x.max_length is not None)
+        if length.max_new_tokens is not None:
+            values["max_new_tokens"] = length.max_new_tokens
+        else:
+            values["max_length"] = length.max_length
+        return GenerationOptions(**values)
+
+    @classmethod
+    def from_generation_config(cls, config: GenerationConfig) -> GenerationOptions:
+        """The settings a transformers GenerationConfig sets (unset ones stay ``None``)."""
+        get = lambda name: getattr(config, name, None)
+        top_k = get("top_k")
+        if get("do_sample") and top_k is None:
+            top_k = HF_DEFAULT_TOP_K
+        return cls(
+            max_new_tokens=get("max_new_tokens"),
+            max_length=get("max_length"),
+            do_sample=get("do_sample"),
+            temperature=get("temperature"),
+            top_k=top_k,
+            top_p=get("top_p"),
+            repetition_penalty=get("repetition_penalty"),
+            stop=get("stop_strings"),
+            eos_token_id=get("eos_token_id"),
+        )
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path, **overrides: Any) -> GenerationOptions:
+        """Resolved options for a model directory: ``overrides`` (``None`` = not set) > its file > owl's defaults."""
+        return cls(**overrides).resolve(load_generation_defaults(model_dir))
+
+    def describe(self) -> str:
+        """One line for people: how the (resolved) options generate."""
+        mode = (
+            f"sampling (temperature {self.temperature:g}, top_k {self.top_k or 'off'}, top_p {self.top_p:g})"
+            if self.do_sample
+            else "greedy"
+        )
+        limit = (
+            f"up to {self.max_new_tokens} new tokens"
+            if self.max_new_tokens is not None
+            else f"up to {self.max_length} tokens in total (prompt included)"
+        )
+        seed = f", seed {self.seed}" if self.seed is not None and self.do_sample else ""
+        return f"{mode}, {limit}{seed}"
+
+
+BUILTIN_DEFAULTS = GenerationOptions(
+    max_new_tokens=256,
+    do_sample=False,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    stop=[],
+    eos_token_id=[],
+)
+
+
+def load_generation_defaults(model_dir: str | Path) -> GenerationOptions:
+    """The settings of a model directory's generation_config.json (all unset when it has none).
+
+    A file whose values owl cannot use (e.g. ``top_p: 2``) is a :class:`CheckpointError` naming the file.
+    """
+    from owl.models.checkpoint import GENERATION_CONFIG_NAME, check_model_dir, load_generation_config
+
+    path = check_model_dir(model_dir)
+    config = load_generation_config(path)
+    if config is None:
+        return GenerationOptions()
+    try:
+        return GenerationOptions.from_generation_config(config)
+    except (InputError, TypeError) as e:
+        raise CheckpointError(f"{path / GENERATION_CONFIG_NAME}: {e}") from None
 
 
 @dataclass
@@ -68,9 +182,11 @@ def eos_ids(model: OwlModel, processor: OwlProcessor) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _hf_config(options: GenerationOptions, eos: list[int], pad: int) -> GenerationConfig:
+def _hf_config(options: GenerationOptions, max_new_tokens: int, eos: list[int], pad: int) -> GenerationConfig:
+    # Every setting is passed explicitly: transformers fills unset ones from the LLM's own generation config and its
+    # global defaults (top_k 50), which would silently change what owl's options say.
     kw: dict = {
-        "max_new_tokens": options.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "eos_token_id": eos,
         "pad_token_id": pad,
         "do_sample": options.do_sample,
@@ -78,8 +194,23 @@ def _hf_config(options: GenerationOptions, eos: list[int], pad: int) -> Generati
         "stop_strings": options.stop or None,
     }
     if options.do_sample:
-        kw |= {"temperature": options.temperature, "top_k": options.top_k or None, "top_p": options.top_p}
+        kw |= {"temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
     return GenerationConfig(**kw)
+
+
+def _budgets(options: GenerationOptions, prompt_lengths: list[int]) -> list[int]:
+    """New tokens allowed per sample. ``max_length`` counts each sample's own prompt, not the padded batch's, so
+    a batch answers as each sample would alone."""
+    if options.max_new_tokens is not None:
+        return [options.max_new_tokens] * len(prompt_lengths)
+    budgets = [options.max_length - n for n in prompt_lengths]
+    for n, b in zip(prompt_lengths, budgets):
+        if b < 1:
+            raise InputError(
+                f"the prompt has {n} tokens (visual tokens included) but max_length={options.max_length} counts "
+                "the prompt too and leaves no room for an answer; set max_new_tokens (--max-new-tokens) instead"
+            )
+    return budgets
 
 
 @torch.no_grad()
@@ -90,8 +221,12 @@ def generate(
     options: GenerationOptions | None = None,
     batch_size: int = 8,
 ) -> list[Completion]:
-    """Answer the last user turn of every sample; results are in input order."""
-    options = options or GenerationOptions()
+    """Answer the last user turn of every sample; results are in input order.
+
+    Unset ``options`` fields take owl's built-in defaults; use :meth:`GenerationOptions.for_model` for a model
+    directory's own settings.
+    """
+    options = (options or GenerationOptions()).resolve()
     out: list[Completion] = []
     for start in range(0, len(samples), batch_size):
         out += _generate_batch(model, processor, samples[start : start + batch_size], options)
@@ -104,12 +239,13 @@ def _generate_batch(
     was_training = model.training
     model.eval()
     encoded = [processor.encode(s, for_generation=True) for s in samples]
+    budgets = _budgets(options, [len(e.input_ids) for e in encoded])
     batch = processor.collate(encoded, padding_side="left")
     device = next(model.parameters()).device  # the processor builds CPU tensors; a GPU model needs them moved
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     embeds = model.embed(batch["input_ids"], batch["pixel_values"], batch["image_counts"])
-    eos = eos_ids(model, processor)
-    cfg = _hf_config(options, eos, processor.pad_id)
+    eos = sorted(set(eos_ids(model, processor)) | set(options.eos_token_id))
+    cfg = _hf_config(options, max(budgets), eos, processor.pad_id)
     with torch.random.fork_rng(devices=[]):
         if options.seed is not None:
             torch.manual_seed(options.seed)
@@ -121,8 +257,8 @@ def _generate_batch(
         )  # (B, new) : with only inputs_embeds, transformers returns just the new tokens
     model.train(was_training)
     results = []
-    for e, row in zip(encoded, tokens.tolist()):
-        results.append(_finish(row, e, eos, processor, options))
+    for e, row, budget in zip(encoded, tokens.tolist(), budgets):
+        results.append(_finish(row[:budget], e, eos, processor, options, budget))
     return results
 
 
@@ -132,6 +268,7 @@ def _finish(
     eos: list[int],
     processor: OwlProcessor,
     options: GenerationOptions,
+    budget: int,
 ) -> Completion:
     n = len(row)
     for i, t in enumerate(row):
@@ -144,6 +281,6 @@ def _finish(
     cut = min((text.find(s) for s in options.stop if s in text), default=-1)
     if cut >= 0:
         text, reason = text[:cut], "stop"
-    elif not hit_eos and n < options.max_new_tokens:
+    elif not hit_eos and n < budget:
         reason = "stop"  # ended by a stop string that spans the end of the text
     return Completion(text=text, finish_reason=reason, prompt_tokens=len(enc.input_ids), completion_tokens=n)

@@ -6,6 +6,14 @@ training-time augmentation of the reference (random resized crop, scale
 0.5-1, and horizontal flip) is optional and draws from an explicit RNG so a
 resumed run sees the same crops.
 
+Order of RGB conversion and resize: owl (and the reference training loader)
+converts to RGB first. The reference inference processor resized in the
+image's own mode and converted after, which gives different pixels for
+palette images (PIL resizes those with nearest neighbour) and images with
+alpha (resized premultiplied); ``resize_first=True`` reproduces that for
+``processor.compat: mplug-owl`` generation, so a converted model sees the
+pixels it was demoed with.
+
 Untrusted images: a pixel cap is checked from the header before decoding, and
 every failure becomes a ``SampleError`` with a reason (``missing_image``,
 ``bad_image``, ``image_too_large``) so a long run skips and counts it.
@@ -25,6 +33,14 @@ from PIL import Image
 
 from owl.conversation import ImageSource, SampleError
 from owl.errors import ConfigError
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB; a mode PIL cannot convert is a bad image, not a crash."""
+    try:
+        return img.convert("RGB")
+    except Exception as e:
+        raise SampleError("bad_image", f"cannot convert a {img.mode} image to RGB: {e}") from e
 
 
 @dataclass
@@ -62,6 +78,10 @@ class ImageTransform:
 
     def load(self, src: ImageSource) -> Image.Image:
         """Open and decode an image as RGB, or raise ``SampleError`` naming the image and the problem."""
+        return _rgb(self.decode(src))
+
+    def decode(self, src: ImageSource) -> Image.Image:
+        """Open and decode an image in its own mode (RGBA, P, L, ...), or raise ``SampleError``."""
         if isinstance(src, Image.Image):
             img, name = src, "<PIL image>"
         else:
@@ -79,7 +99,7 @@ class ImageTransform:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img.load()
-            return img.convert("RGB")
+            return img
         except Exception as e:
             raise SampleError("bad_image", f"cannot decode image {name}: {e}") from e
 
@@ -97,13 +117,22 @@ class ImageTransform:
         s = min(w, h)
         return (w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s
 
-    def __call__(self, src: ImageSource, rng: np.random.Generator | None = None) -> torch.Tensor:
-        img = self.load(src)
+    def __call__(
+        self, src: ImageSource, rng: np.random.Generator | None = None, resize_first: bool = False
+    ) -> torch.Tensor:
+        """``resize_first``: resize in the image's own mode, then convert to RGB (the reference's inference order);
+        otherwise convert first (owl's and the reference training loader's order). Crop and flip are unchanged."""
+        img = self.decode(src) if resize_first else self.load(src)
         if self.augment is not None and rng is not None:
             img = img.crop(self._random_crop_box(*img.size, rng))
             if rng.uniform() < self.augment.flip_prob:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        try:
+            img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        except Exception as e:  # only an unusual mode kept for resize_first can fail here
+            raise SampleError("bad_image", f"cannot resize a {img.mode} image: {e}") from e
+        if resize_first:
+            img = _rgb(img)
         arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
         arr = (arr - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (3, H, W)

@@ -58,7 +58,80 @@ def build_llm(cfg: LLMConfig) -> nn.Module:
         hf = AutoConfig.for_model(model_type, **d)
     except ValueError as e:
         raise ConfigError(f"llm.hf_config: unknown model_type {model_type!r} for this transformers version") from e
-    return AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
+    return _free_pad_row(AutoModelForCausalLM.from_config(hf, dtype=torch.get_default_dtype()))
+
+
+def _free_pad_row(llm: nn.Module) -> nn.Module:
+    """Let the pad token's embedding row train like any other.
+
+    LLaMA-style models build their embedding with ``padding_idx=pad_token_id``, which zeroes that row's gradient.
+    owl's pad positions never reach a loss (right padding behind a causal mask, labels ignored), so the mask buys
+    nothing, and where pad = EOS (GPT-2, LLaMA, Mistral here) it would stop EOS from ever being learned. It also
+    makes a model loaded from its original directory (no pad id) and the same model rebuilt from owl's config
+    (pad = EOS) train identically.
+    """
+    emb = llm.get_input_embeddings()
+    if isinstance(emb, nn.Embedding):
+        emb.padding_idx = None
+    return llm
+
+
+def _first(token_id: int | list[int] | None) -> int | None:
+    """A config's EOS may be a list (several stop ids); the first is the one a tokenizer would name."""
+    if isinstance(token_id, (list, tuple)):
+        return token_id[0] if token_id else None
+    return token_id
+
+
+def align_special_tokens(model: OwlModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Make the tokenizer and the LLM agree on pad/bos/eos, and record the ids in ``model.config`` (saved with it).
+
+    The tokenizer decides, because it is what the processor and the templates use: the mplug-owl-v1 template
+    prepends its BOS when it has one (Qwen2 has none: nothing is prepended), answers end with its EOS, batches
+    are padded with its pad token. A tokenizer without a pad token (GPT-2, LLaMA, Mistral) gets pad = EOS. The
+    LLM's config, its generation config and ``llm.hf_config`` then take the same ids, so a reloaded model
+    generates and pads exactly like the one built here. Returns the (same, updated) tokenizer.
+    """
+    llm = model.causal_lm
+    n_tok = len(tokenizer)
+    n_emb = llm.get_input_embeddings().num_embeddings
+    if n_tok > n_emb:
+        raise ConfigError(
+            f"the tokenizer has {n_tok} tokens but the LLM's embedding matrix has only {n_emb} rows: token ids "
+            f"{n_emb}..{n_tok - 1} would index past it; use the LLM's own tokenizer (or one that fits)"
+        )
+    cfg = llm.config
+    if tokenizer.eos_token_id is None:
+        eos = _first(getattr(cfg, "eos_token_id", None))
+        if eos is None or not 0 <= eos < n_tok:
+            raise ConfigError("neither the tokenizer nor the LLM config has an EOS token; answers end with EOS")
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+        log.warning(
+            "the tokenizer has no EOS token: using the LLM config's eos_token_id %d (%r)", eos, tokenizer.eos_token
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        log.warning(
+            "the tokenizer has no pad token: padding with EOS %r (id %d), recorded in the tokenizer and llm.hf_config",
+            tokenizer.eos_token,
+            tokenizer.eos_token_id,
+        )
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    for key, new in ids.items():
+        old = getattr(cfg, key, None)
+        if old != new and not (isinstance(old, list) and new in old):
+            level = logging.WARNING if old is not None and new is not None else logging.INFO
+            log.log(level, "llm %s: %s -> %s (the tokenizer's)", key, old, new)
+        setattr(cfg, key, new)
+        gen = getattr(llm, "generation_config", None)
+        if gen is not None:
+            setattr(gen, key, new)
+    model.config.llm.hf_config.update(ids)
+    return tokenizer
 
 
 def _gguf_cache_dir(path: Path) -> Path:
@@ -102,7 +175,7 @@ def load_llm(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         raise InputNotFound(f"{path} is not a HF model directory (no config.json)")
     llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(path))
-    return llm, tok
+    return _free_pad_row(llm), tok
 
 
 def build_model(
@@ -116,7 +189,8 @@ def build_model(
     Without ``*_from`` every part is randomly initialised from ``config``. With
     them (a local path, or a packaged name: :mod:`owl.models.packaged`), the
     loaded parts' own sizes replace the config's, and the abstractor is sized
-    to fit both.
+    to fit both. A loaded LLM's tokenizer and config are made to agree on pad/bos/eos
+    (:func:`align_special_tokens`).
     """
     config = copy.deepcopy(config)
     tokenizer = None
@@ -132,7 +206,10 @@ def build_model(
     else:
         llm = build_llm(config.llm)
     abstractor = VisualAbstractor(config.abstractor, vision.hidden_size, config.llm.hidden_size)
-    return OwlModel(config, vision, abstractor, llm), config, tokenizer
+    model = OwlModel(config, vision, abstractor, llm)
+    if tokenizer is not None:
+        align_special_tokens(model, tokenizer)
+    return model, config, tokenizer
 
 
 def count_parameters(model: OwlModel, group: Callable[[str], str] | None = None) -> dict[str, dict[str, int]]:

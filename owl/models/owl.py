@@ -37,6 +37,35 @@ def _has_trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+class TextOnlyLayerNorm(nn.LayerNorm):
+    """An embedding LayerNorm (BLOOM's ``word_embeddings_layernorm``) that leaves the visual tokens alone.
+
+    The reference normalises the text embeddings and splices the visual tokens in afterwards, so they never pass
+    through it; transformers' BLOOM normalises whatever ``inputs_embeds`` it is given. ``OwlModel.embed`` marks the
+    visual positions in ``bypass`` just before the LLM runs; the next call with that shape uses the mark once and
+    drops it, so decoding steps (new text tokens only) are normalised as usual. Same parameters and state-dict
+    names as the LayerNorm it replaces.
+    """
+
+    bypass: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        mask, self.bypass = self.bypass, None
+        if mask is not None and mask.shape == x.shape[:-1]:
+            out = torch.where(mask.unsqueeze(-1), x, out)
+        return out
+
+
+def _text_only_embed_norm(causal_lm: nn.Module) -> TextOnlyLayerNorm | None:
+    body = getattr(causal_lm, "transformer", None)
+    ln = getattr(body, "word_embeddings_layernorm", None)
+    if not isinstance(ln, nn.LayerNorm):
+        return None
+    ln.__class__ = TextOnlyLayerNorm  # same parameters, buffers and names; only forward changes
+    return ln
+
+
 class OwlModel(nn.Module):
     """Vision tower + abstractor + any causal LM. Build it with ``owl.models.build_model``."""
 
@@ -47,6 +76,10 @@ class OwlModel(nn.Module):
         self.abstractor = abstractor
         self.llm = llm
         self._llm_keeps_logits = "logits_to_keep" in inspect.signature(type(self.causal_lm).forward).parameters
+        # Kept outside the module tree (it already lives inside the LLM): no second set of state-dict names.
+        self.__dict__["_embed_norm"] = (
+            None if config.llm.normalize_visual_embeds else _text_only_embed_norm(self.causal_lm)
+        )
 
     # ------------------------------------------------------------------ parts
     @property
@@ -92,6 +125,8 @@ class OwlModel(nn.Module):
                 embeds = embeds + 0.0 * self.encode_images(blank).sum()
             return embeds
         visual = self.encode_images(pixel_values.to(embeds.dtype)).to(embeds.dtype)  # (N, V, D)
+        if self._embed_norm is not None:
+            self._embed_norm.bypass = is_image
         return embeds.masked_scatter(is_image.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))
 
     def _check_counts(self, is_image: torch.Tensor, image_counts: torch.Tensor, n_images: int) -> None:

@@ -15,15 +15,20 @@ so any backbone plugs in:
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers.utils import logging as hf_logging
 
-from owl.config import VisionConfig
+from owl.config import CLIP_MEAN, CLIP_STD, VisionConfig
 from owl.errors import ConfigError, InputNotFound
 from owl.models import packaged
+
+log = logging.getLogger(__name__)
 
 
 class ClipVisionTower(nn.Module):
@@ -155,12 +160,92 @@ def build_vision(cfg: VisionConfig) -> nn.Module:
     return EfficientNetTower(cfg)
 
 
+# config.json model_type -> backbone: a full CLIP/SigLIP directory holds a vision part that reads the same way.
+_HF_BACKBONES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+# What each backbone was trained with when a directory has no preprocessor_config.json (SigLIP: [-1, 1] pixels).
+_DEFAULT_NORM = {"clip": (CLIP_MEAN, CLIP_STD), "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+def _hf_backbone(path: Path, wanted: str) -> str:
+    """The backbone a HF directory holds, from its ``config.json`` (the directory, not the preset, decides)."""
+    if not (path / "config.json").is_file():
+        raise InputNotFound(f"{path} is not a HF CLIP/SigLIP model directory (no config.json)")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    backbone = _HF_BACKBONES.get(model_type)
+    if backbone is None:
+        raise ConfigError(
+            f"{path}: vision model_type {model_type!r} is not supported; give a CLIP or SigLIP directory "
+            f"(model_type one of {', '.join(_HF_BACKBONES)})"
+        )
+    if backbone != wanted:
+        log.info("%s holds a %s model: vision.backbone=%s (the config said %s)", path, backbone, backbone, wanted)
+    return backbone
+
+
+def _three(value: float | list[float]) -> tuple[float, float, float]:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3  # type: ignore[return-value]
+
+
+def _preprocessing(path: Path, backbone: str, cfg: VisionConfig, image_size: int) -> tuple[tuple, tuple]:
+    """Mean/std the tower was trained with: the directory's image processor if it has one, else the backbone's.
+
+    Wrong normalisation is silent (SigLIP fed CLIP-normalised pixels still runs, just worse), so the checkpoint's
+    own ``preprocessor_config.json`` decides. Without one, a SigLIP tower gets SigLIP's 0.5/0.5 unless the config
+    holds values that are not CLIP's defaults (then the user set them on purpose).
+    """
+    pre = path / "preprocessor_config.json"
+    if not pre.is_file():
+        mean, std = cfg.image_mean, cfg.image_std
+        if backbone == "siglip" and (tuple(mean), tuple(std)) == _DEFAULT_NORM["clip"]:
+            mean, std = _DEFAULT_NORM["siglip"]
+        return tuple(mean), tuple(std)
+    d = json.loads(pre.read_text())
+    if d.get("do_normalize", True) is False:
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean = _three(d.get("image_mean", _DEFAULT_NORM[backbone][0]))
+    std = _three(d.get("image_std", _DEFAULT_NORM[backbone][1]))
+    size = d.get("crop_size") if d.get("do_center_crop") else d.get("size")
+    sides = (
+        {v for k, v in size.items() if k in ("height", "width", "shortest_edge")} if isinstance(size, dict) else set()
+    )
+    if isinstance(size, int):
+        sides = {size}
+    if sides and sides != {image_size}:
+        log.warning(
+            "%s: the image processor makes %s px images but the model's position embeddings are for %d px; owl uses %d",
+            path,
+            "/".join(str(s) for s in sorted(sides)),
+            image_size,
+            image_size,
+        )
+    return mean, std
+
+
+def _from_pretrained(klass: type, path: Path) -> nn.Module:
+    """Load only the vision weights; anything of the tower left at random init is an error, not a warning.
+
+    A full CLIP/SigLIP directory also holds a text tower: transformers reports those weights as unexpected in a
+    long table, which is silenced here (only the vision part is wanted).
+    """
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = klass.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(previous)
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("head.")]
+    if missing:
+        raise ConfigError(f"{path}: vision weights missing from the checkpoint: {sorted(missing)[:5]}")
+    return model
+
+
 def load_vision(path: str | Path, cfg: VisionConfig) -> tuple[nn.Module, VisionConfig]:
     """Load a pretrained tower from a local path and return it with the config it implies.
 
-    ``path`` is a local HF CLIP/SigLIP directory (a full CLIP model directory
-    works too: only its vision part is read), or a ``.pth`` state dict for
-    ``efficientnet``. The returned config records the checkpoint's own sizes.
+    ``path`` is a local HF CLIP/SigLIP directory (a vision-only one, or a full CLIP/SigLIP model directory: only
+    its vision part is read; its ``config.json`` picks the backbone), or a ``.pth`` state dict for
+    ``efficientnet``. The returned config records the checkpoint's own sizes and the image mean/std from its
+    ``preprocessor_config.json`` when the directory has one.
     """
     path = Path(path)
     if not path.exists():
@@ -168,15 +253,22 @@ def load_vision(path: str | Path, cfg: VisionConfig) -> tuple[nn.Module, VisionC
             f"vision weights not found: {path} (a local HF CLIP/SigLIP directory, an "
             f"EfficientNet .pth file, or a packaged name: {', '.join(packaged.VISION)})"
         )
-    if cfg.backbone == "efficientnet":
+    if cfg.backbone == "efficientnet" and not path.is_dir():
         tower = EfficientNetTower(cfg)
         tower.load_pretrained(path)
         return tower, cfg
-    klass = CLIPVisionModel if cfg.backbone == "clip" else SiglipVisionModel
-    model = klass.from_pretrained(str(path), dtype=torch.float32)
+    backbone = _hf_backbone(path, cfg.backbone)
+    model = _from_pretrained(CLIPVisionModel if backbone == "clip" else SiglipVisionModel, path)
+    if backbone == "siglip" and getattr(model, "use_head", False):
+        # The attention-pooling head makes one pooled vector; owl reads every token, so the head is dead weight,
+        # and a tower rebuilt from the saved config (vision_use_head=False) has none.
+        del model.head
+        model.use_head = False
+        model.config.vision_use_head = False
     hf = model.config
+    mean, std = _preprocessing(path, backbone, cfg, hf.image_size)
     new = VisionConfig(
-        backbone=cfg.backbone,
+        backbone=backbone,
         image_size=hf.image_size,
         hidden_size=hf.hidden_size,
         num_layers=hf.num_hidden_layers,
@@ -185,8 +277,8 @@ def load_vision(path: str | Path, cfg: VisionConfig) -> tuple[nn.Module, VisionC
         patch_size=hf.patch_size,
         layer_norm_eps=hf.layer_norm_eps,
         hidden_act=hf.hidden_act,
-        image_mean=cfg.image_mean,
-        image_std=cfg.image_std,
+        image_mean=mean,
+        image_std=std,
     )
-    tower = ClipVisionTower(model) if cfg.backbone == "clip" else SiglipVisionTower(model)
+    tower = ClipVisionTower(model) if backbone == "clip" else SiglipVisionTower(model)
     return tower, new

@@ -19,7 +19,7 @@ from owl.config import OwlConfig, preset
 from owl.configtools import deep_merge
 from owl.data.source import resolve_files
 from owl.errors import ConfigError, ConfigNotFound, DataFileNotFound
-from owl.models.builders import build_model
+from owl.models.builders import align_special_tokens, build_model
 from owl.models.checkpoint import ADAPTER_DIR, check_model_dir, load_model, load_tokenizer
 from owl.models.owl import OwlModel
 from owl.processing import OwlProcessor
@@ -58,7 +58,7 @@ def build_for_training(cfg: TrainConfig) -> tuple[OwlModel, OwlProcessor]:
             base = OwlConfig.from_dict(deep_merge(base.to_dict(), cfg.model.overrides))
         model, _, tokenizer = build_model(base, vision_from=cfg.model.vision_from, llm_from=cfg.model.llm_from)
         if cfg.model.tokenizer is not None:
-            tokenizer = _tokenizer(cfg.model.tokenizer)
+            tokenizer = align_special_tokens(model, _tokenizer(cfg.model.tokenizer))  # pad/bos/eos agree, recorded
         if tokenizer is None:
             raise ConfigError(
                 "the model has no tokenizer: set model.llm_from (the LLM's own), model.tokenizer "

@@ -75,3 +75,18 @@ def test_clear_errors_for_bad_directories(tmp_path):
     save_pretrained(model, tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(tmp_path / "m")
+
+
+def test_load_in_bf16_builds_no_fp32_copy_and_stays_close(tmp_path):
+    """``load_model(dtype=bf16)``: every floating tensor is bf16 (built so, not cast after an fp32 build), tied
+    weights stay tied, and the logits stay within bf16 rounding of the fp32 model's."""
+    model, proc = make("qwen2", seed=6)
+    save_pretrained(model, tmp_path / "m", tokenizer=proc.tokenizer)
+    half = load_model(tmp_path / "m", dtype=torch.bfloat16).eval()
+    assert {t.dtype for t in half.state_dict().values() if t.is_floating_point()} == {torch.bfloat16}
+    assert half.causal_lm.lm_head.weight.data_ptr() == half.causal_lm.get_input_embeddings().weight.data_ptr()
+    batch = proc(samples())
+    with torch.no_grad():
+        full = model.eval()(**batch).logits
+        low = half(**{k: v.to(torch.bfloat16) if k == "pixel_values" else v for k, v in batch.items()}).logits
+    assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
