@@ -150,7 +150,10 @@ def _weight_names(path: Path) -> dict[str, Path]:
 @contextlib.contextmanager
 def _empty_init(dtype: torch.dtype) -> Iterator[None]:
     """Build modules in ``dtype`` without running their random initialisation (every weight is loaded next)."""
-    from transformers.initialization import no_init_weights
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: the weights are initialised (slower), then overwritten all the same
+        no_init_weights = contextlib.nullcontext
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
