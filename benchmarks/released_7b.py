@@ -54,7 +54,7 @@ from owl.conversation import Message, Sample
 from owl.generation import GenerationOptions, generate
 from owl.models import load_model
 from owl.processing import OwlProcessor
-device, dtype = resolve_device("auto", "auto")
+device, dtype = resolve_device("auto", {dtype!r})
 base = status("VmRSS"); t = time.perf_counter()
 model = load_model({out!r}, dtype=dtype).to(device).eval()
 if device.startswith("cuda"):
@@ -143,9 +143,15 @@ def write_checkpoint(src: Path, small: bool) -> dict:
     (src / "config.json").write_text(json.dumps(cfg, indent=2))
     (src / "tokenizer.model").write_bytes(train_spm(src / "_spm").read_bytes())
     names = list(state)
-    half = len(names) // 2
+    sizes = [state[k].numel() * state[k].element_size() for k in names]
+    cut, total, acc = len(names), sum(sizes), 0
+    for i, size in enumerate(sizes):  # two shards of about equal bytes, as the release has
+        acc += size
+        if acc >= total / 2:
+            cut = i + 1
+            break
     weight_map = {}
-    for i, chunk in enumerate((names[:half], names[half:])):
+    for i, chunk in enumerate((names[:cut], names[cut:])):
         fname = f"pytorch_model-{i + 1:05d}-of-00002.bin"
         torch.save({k: state[k] for k in chunk}, src / fname)
         weight_map |= {k: fname for k in chunk}
@@ -167,29 +173,35 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="toy sizes: check the script on a CPU")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on a CPU), bf16, fp32")
+    ap.add_argument("--reuse", action="store_true", help="keep an already converted OUT/owl-7b: measure loading only")
     args = ap.parse_args()
     out = Path(args.out)
     src, owl_dir = out / "mplug-owl-llama-7b", out / "owl-7b"
     gib = 2**30
-    t = time.perf_counter()
-    info = write_checkpoint(src, args.small)
-    shards = sorted(src.glob("pytorch_model-*.bin"))
-    sizes = [p.stat().st_size for p in shards]
-    print(
-        f"checkpoint: {info['parameters'] / 1e9:.2f}B parameters, {len(shards)} shards "
-        f"{', '.join(f'{s / gib:.2f}' for s in sizes)} GiB (written in {time.perf_counter() - t:.0f} s)",
-        flush=True,
-    )
-    conv = run_child(CONVERT.format(root=str(ROOT), src=str(src), out=str(owl_dir)))
-    used = conv["peak_rss"] - conv["baseline_rss"]
-    print(
-        f"convert: {conv['seconds']:.0f} s, peak RSS {conv['peak_rss'] / gib:.2f} GiB ({used / gib:.2f} GiB above "
-        f"the baseline after imports = {used / max(sizes):.2f} x the largest shard)",
-        flush=True,
-    )
-    for f in shards:  # room on the disk for the converted copy is all that is needed from here on
-        f.unlink()
-    chat = run_child(CHAT.format(root=str(ROOT), out=str(owl_dir), batch=args.batch, new=args.new_tokens))
+    result: dict = {}
+    if not (args.reuse and (owl_dir / "config.json").exists()):
+        t = time.perf_counter()
+        info = write_checkpoint(src, args.small)
+        shards = sorted(src.glob("pytorch_model-*.bin"))
+        sizes = [p.stat().st_size for p in shards]
+        print(
+            f"checkpoint: {info['parameters'] / 1e9:.2f}B parameters, {len(shards)} shards "
+            f"{', '.join(f'{s / gib:.2f}' for s in sizes)} GiB (written in {time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
+        conv = run_child(CONVERT.format(root=str(ROOT), src=str(src), out=str(owl_dir)))
+        used = conv["peak_rss"] - conv["baseline_rss"]
+        print(
+            f"convert: {conv['seconds']:.0f} s, peak RSS {conv['peak_rss'] / gib:.2f} GiB ({used / gib:.2f} GiB above "
+            f"the baseline after imports = {used / max(sizes):.2f} x the largest shard)",
+            flush=True,
+        )
+        for f in shards:  # room on the disk for the converted copy is all that is needed from here on
+            f.unlink()
+        result |= {"checkpoint": info | {"shard_bytes": sizes}, "convert": conv}
+    code = CHAT.format(root=str(ROOT), out=str(owl_dir), batch=args.batch, new=args.new_tokens, dtype=args.dtype)
+    chat = run_child(code)
     print(
         f"load ({chat['device']}, {chat['dtype']}): {chat['load_seconds']:.0f} s, {chat['parameters'] / 1e9:.2f}B "
         f"parameters; peak RSS {chat['peak_rss'] / gib:.2f} GiB; GPU peak allocated {chat['gpu_peak'] / gib:.2f} "
@@ -199,7 +211,7 @@ def main() -> None:
         f"generate: batch {chat['batch']} x {chat['prompt_tokens']} prompt tokens, {chat['new_tokens']} new tokens "
         f"in {chat['generate_seconds']:.2f} s = {chat['new_tokens'] / chat['generate_seconds']:.1f} tok/s"
     )
-    result = {"checkpoint": info | {"shard_bytes": sizes}, "convert": conv, "chat": chat}
+    result["chat"] = chat
     (out / "released_7b.json").write_text(json.dumps(result, indent=2))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "released_7b.json").write_text(json.dumps(result, indent=2))

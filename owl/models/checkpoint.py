@@ -147,6 +147,58 @@ def _weight_names(path: Path) -> dict[str, Path]:
     raise CheckpointNotFound(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
 
 
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_into(file: Path, targets: dict[str, torch.Tensor]) -> None:
+    """Copy the named tensors of a safetensors file into existing tensors, with plain reads instead of a memory map.
+
+    A tensor stored in the target's dtype is read straight into the target's memory (no second copy); another
+    dtype goes through one temporary tensor. So loading a model needs its own size plus one tensor, and the
+    process does not also map the whole file (with ``safe_open``, a 13 GB shard's pages count as resident while it
+    is read: a 7B model peaked at 22.8 GB RSS instead of ~14.5).
+    """
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{file}: not a safetensors file ({e.msg})") from None
+        base = 8 + n
+        for name, dest in targets.items():
+            meta = header.get(name)
+            if meta is None:
+                raise CheckpointError(f"{file}: no tensor {name}")
+            shape, (start, end) = tuple(meta["shape"]), meta["data_offsets"]
+            if shape != tuple(dest.shape):
+                raise CheckpointError(f"{file}: {name} has shape {shape}, the config.json model {tuple(dest.shape)}")
+            dtype = _ST_DTYPES.get(meta["dtype"])
+            if dtype is None:
+                raise CheckpointError(f"{file}: {name} has dtype {meta['dtype']}, which owl does not read")
+            direct = dtype == dest.dtype and dest.is_contiguous() and dest.device.type == "cpu"
+            buf = dest if direct else torch.empty(shape, dtype=dtype)
+            raw = buf.reshape(-1).view(torch.uint8).numpy() if buf.numel() else None
+            if raw is not None and raw.nbytes != end - start:
+                raise CheckpointError(f"{file}: {name} holds {end - start} bytes, expected {raw.nbytes}")
+            if raw is not None:
+                f.seek(base + start)
+                if f.readinto(memoryview(raw)) != raw.nbytes:
+                    raise CheckpointError(f"{file}: truncated at {name}")
+            if not direct:
+                dest.copy_(buf)
+
+
 @contextlib.contextmanager
 def _empty_init(dtype: torch.dtype) -> Iterator[None]:
     """Build modules in ``dtype`` without running their random initialisation (every weight is loaded next)."""
@@ -192,15 +244,7 @@ def load_model(path: str | Path, load_adapter: bool = True, dtype: torch.dtype |
         by_file.setdefault(file, []).append(name)
     with torch.no_grad():
         for file, names in by_file.items():
-            with safe_open(str(file), framework="pt") as f:
-                for name in names:
-                    tensor = f.get_tensor(name)
-                    if tensor.shape != fresh[name].shape:
-                        raise CheckpointError(
-                            f"{path}: {name} has shape {tuple(tensor.shape)}, the config.json model "
-                            f"{tuple(fresh[name].shape)}"
-                        )
-                    fresh[name].copy_(tensor)
+            read_safetensors_into(file, {name: fresh[name] for name in names})
     if load_adapter and (path / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 
