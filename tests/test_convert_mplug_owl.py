@@ -27,7 +27,7 @@ from tests.mplug_owl_reference import (
 from tests.sentencepiece_tok import VOCAB_SIZE, spm_model  # noqa: F401
 
 V = NUM_QUERIES + 1  # visual positions per image
-CASES = [("llama", "bin"), ("llama", "bin-sharded"), ("bloom", "safetensors-sharded")]
+CASES = [("llama", "bin"), ("llama", "bin-sharded"), ("bloom", "bin"), ("bloom", "safetensors-sharded")]
 
 
 def _tokenizer_files(family: str, spm_path, tmp_path) -> dict[str, bytes]:
