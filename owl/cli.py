@@ -201,62 +201,15 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     print(f"written to {Path(args.out) / 'train.json'}")
 
 
-def cmd_convert(args: argparse.Namespace) -> None:
-    from owl.convert.mplug_owl import from_mplug_owl, to_mplug_owl
+def cmd_bench_generate(args: argparse.Namespace) -> None:
+    from owl.bench.generate import counts, markdown, run_bench_generate
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError(f"{out} exists; pass --force to replace it")
-    if args.direction == "from-mplug-owl":
-        config = from_mplug_owl(args.src, out)
-        llm = config.llm.hf_config["model_type"]
-        print(f"wrote {out} (mPLUG-Owl with {llm}; try: owl chat {out} --image IMG --message 'Describe the image.')")
-    else:
-        to_mplug_owl(args.src, out)
-        print(f"wrote {out} (mPLUG-Owl layout: loads with the reference's MplugOwlForConditionalGeneration)")
-
-
-def cmd_chat(args: argparse.Namespace) -> None:
-    from owl.chat import chat
-    from owl.generation import GenerationOptions
-
-    do_sample = args.do_sample
-    if do_sample is None and args.temperature is not None:
-        do_sample = args.temperature > 0  # as before: --temperature 0 is greedy, a positive one samples
-    options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=do_sample,
-        temperature=args.temperature if do_sample else None,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    chat(
-        args.model,
-        images=args.image or [],
-        message=args.message,
-        options=options,
-        show_settings=args.show_settings,
-        device=args.device,
-        dtype=args.dtype,
-    )
-
-
-def cmd_merge_lora(args: argparse.Namespace) -> None:
-    from owl.export import merge_lora
-
-    print(f"wrote {merge_lora(args.model, args.out, force=args.force)} (LoRA merged into the weights)")
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    from owl.export import export_llm, export_vision_abstractor
-
-    export = export_llm if args.part == "llm" else export_vision_abstractor
-    names = export(args.model, args.out, force=args.force)
-    note = ""
-    if args.part == "llm" and "tokenizer_config.json" not in names:
-        note = " (the model directory has no tokenizer, so neither has the export)"
-    print(f"wrote {args.out}: {', '.join(names)}{note}")
+    result = run_bench_generate(
+        args.model, args.out, args.size, counts(args.batches, "--batches"), args.new_tokens, args.repeats,
+        counts(args.clients, "--clients"), args.requests, args.serve_arg, args.device, args.dtype,
+    )  # fmt: skip
+    print(markdown(result), end="")
+    print(f"written to {Path(args.out) / 'generate.json'}")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -387,57 +340,33 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--peak-size", type=int, default=2048, help="GEMM size n of the measured peak (MFU's denominator)")
     bt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe (world.KEY: world)")
     bt.set_defaults(func=cmd_bench_train)
-
-    c = sub.add_parser("chat", help="multi-turn chat with a model (images with /image PATH)")
-    c.add_argument("model", help="model directory (or a training run's output directory)")
-    c.add_argument("--image", action="append", help="image for the first message (repeatable)")
-    c.add_argument("--message", help="ask one question, print the answer and exit")
-    c.add_argument(
-        "--max-new-tokens", type=int, help="answer length limit (default: the model's generation_config.json, else 256)"
+    bg = b.add_parser(
+        "generate",
+        help="time to first token, decode tokens/s, batching gain and served throughput (greedy)",
+        description="Through owl.generation.generate at each batch size, against a loop of batch-1 calls (greedy "
+        "texts must match), and through a real `owl serve` with concurrent clients. Default model: a random one "
+        "built in a temporary directory (--size).",
     )
-    mode = c.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", dest="do_sample", action="store_const", const=False, help="greedy decoding")
-    mode.add_argument("--sample", dest="do_sample", action="store_const", const=True, help="sample")
-    c.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy, > 0 samples unless --greedy")
-    c.add_argument("--top-k", type=int, help="when sampling: only among the k most likely tokens (0 = off)")
-    c.add_argument("--top-p", type=float, help="when sampling: nucleus threshold in (0, 1]")
-    c.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
-    c.add_argument("--show-settings", action="store_true", help="print the generation settings in use to stderr")
-    c.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
-    c.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
-    c.set_defaults(func=cmd_chat, do_sample=None)
-
-    ml = sub.add_parser("merge-lora", help="fold a model's LoRA adapter into its weights: a plain model directory")
-    ml.add_argument("model", help="model directory with an adapter/ (or a training run's output directory)")
-    ml.add_argument("out", help="output model directory")
-    ml.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    ml.set_defaults(func=cmd_merge_lora)
-
-    ex = sub.add_parser(
-        "export",
-        help="export a part for other tools: the LLM as a transformers directory, or the visual front end",
-        description="--part llm: a plain transformers directory (AutoModelForCausalLM / AutoTokenizer, LoRA merged). "
-        "--part vision-abstractor: vision tower + abstractor safetensors, a config JSON and a README on serving "
-        "the visual tokens with another LLM runtime.",
+    bg.add_argument("--model", help="model directory (default: a random --size model, its EOS never greedy)")
+    bg.add_argument("--size", default="small", help="random model: tiny (the preset) or small (a 3.4M LLaMA)")
+    bg.add_argument("--batches", default="1,4,8,16", help="comma-separated batch sizes")
+    bg.add_argument("--new-tokens", type=int, default=64, help="new tokens per answer")
+    bg.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after one warm-up")
+    bg.add_argument("--clients", default="1,8,32", help="comma-separated concurrent clients of owl serve ('' skips)")
+    bg.add_argument("--requests", type=int, default=2, help="requests each client sends back to back")
+    bg.add_argument(
+        "--serve-arg",
+        action="append",
+        help="an extra argument for `owl serve`, e.g. --serve-arg=--max-batch=8 (repeatable)",
     )
-    ex.add_argument("model", help="model directory (or a training run's output directory)")
-    ex.add_argument("out", help="output directory")
-    ex.add_argument("--part", required=True, choices=["llm", "vision-abstractor"])  # owl.export.PARTS
-    ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    ex.set_defaults(func=cmd_export)
+    bg.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    bg.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
+    bg.add_argument("--out", default="runs/bench", help="writes generate.json and generate.md here")
+    bg.set_defaults(func=cmd_bench_generate)
 
-    cv = sub.add_parser("convert", help="released mPLUG-Owl checkpoints to owl model directories and back")
-    cv.add_argument(
-        "direction",
-        choices=["from-mplug-owl", "to-mplug-owl"],
-        help="from-mplug-owl: a released checkpoint directory (e.g. a local copy of MAGAer13/mplug-owl-llama-7b) "
-        "-> an owl model directory; to-mplug-owl: an owl model directory (CLIP vision, LoRA merged) -> the "
-        "reference's layout",
-    )
-    cv.add_argument("src", help="source directory")
-    cv.add_argument("out", help="output directory (written atomically)")
-    cv.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    cv.set_defaults(func=cmd_convert)
+    from owl import cli_use
+
+    cli_use.add_parsers(sub)
     return p
 
 

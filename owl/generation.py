@@ -13,17 +13,27 @@ top-k 3 up to 512 tokens in total). Every :class:`GenerationOptions` field
 defaults to "not set" (``None``) so that :meth:`GenerationOptions.resolve`
 can layer explicit values over the model's file over owl's built-ins (greedy,
 256 new tokens); :meth:`GenerationOptions.for_model` does this for a directory.
+
+Streaming: ``generate(..., on_text=fn)`` calls ``fn(sample_index, new_text)``
+as answers grow (a transformers streamer, ``put``/``end``). Only text that
+further tokens cannot change is passed on: a byte or SentencePiece piece that
+ends inside a multi-byte character decodes to U+FFFD until the rest arrives,
+and a tokenizer may rewrite spaces next to the following token, so the tail
+is held back until it settles. The pieces of one sample join to exactly its
+:attr:`Completion.text` (tested), and streaming never changes the tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
 
 from owl.conversation import Sample
 from owl.errors import CheckpointError, InputError
@@ -33,6 +43,9 @@ from owl.processing import Encoded, OwlProcessor
 # transformers' top_k when sampling is on and nothing sets it; a model file that turns sampling on without a top_k
 # was tuned with this value, so owl applies it there too (owl's own sampling default is no top-k).
 HF_DEFAULT_TOP_K = 50
+
+OnText = Callable[[int, str], None]
+"""``on_text(sample_index, new_text)``: a streaming callback (see the module docstring)."""
 
 
 @dataclass
@@ -220,21 +233,28 @@ def generate(
     samples: list[Sample],
     options: GenerationOptions | None = None,
     batch_size: int = 8,
+    on_text: OnText | None = None,
 ) -> list[Completion]:
     """Answer the last user turn of every sample; results are in input order.
 
     Unset ``options`` fields take owl's built-in defaults; use :meth:`GenerationOptions.for_model` for a model
-    directory's own settings.
+    directory's own settings. ``on_text(i, text)``, when given, receives sample ``i``'s answer piece by piece while
+    it is generated (``i`` indexes ``samples``); the pieces join to ``result[i].text``.
     """
     options = (options or GenerationOptions()).resolve()
     out: list[Completion] = []
     for start in range(0, len(samples), batch_size):
-        out += _generate_batch(model, processor, samples[start : start + batch_size], options)
+        out += _generate_batch(model, processor, samples[start : start + batch_size], options, on_text, start)
     return out
 
 
 def _generate_batch(
-    model: OwlModel, processor: OwlProcessor, samples: list[Sample], options: GenerationOptions
+    model: OwlModel,
+    processor: OwlProcessor,
+    samples: list[Sample],
+    options: GenerationOptions,
+    on_text: OnText | None = None,
+    offset: int = 0,
 ) -> list[Completion]:
     was_training = model.training
     model.eval()
@@ -246,6 +266,7 @@ def _generate_batch(
     embeds = model.embed(batch["input_ids"], batch["pixel_values"], batch["image_counts"])
     eos = sorted(set(eos_ids(model, processor)) | set(options.eos_token_id))
     cfg = _hf_config(options, max(budgets), eos, processor.pad_id)
+    streamer = None if on_text is None else AnswerStreamer(processor, on_text, offset, budgets, eos, options.stop)
     with torch.random.fork_rng(devices=[]):
         if options.seed is not None:
             torch.manual_seed(options.seed)
@@ -254,11 +275,14 @@ def _generate_batch(
             attention_mask=batch["attention_mask"],
             generation_config=cfg,
             tokenizer=processor.tokenizer if options.stop else None,
+            streamer=streamer,
         )  # (B, new) : with only inputs_embeds, transformers returns just the new tokens
     model.train(was_training)
     results = []
     for e, row, budget in zip(encoded, tokens.tolist(), budgets):
         results.append(_finish(row[:budget], e, eos, processor, options, budget))
+    if streamer is not None:
+        streamer.flush([c.text for c in results])
     return results
 
 
@@ -284,3 +308,68 @@ def _finish(
     elif not hit_eos and n < budget:
         reason = "stop"  # ended by a stop string that spans the end of the text
     return Completion(text=text, finish_reason=reason, prompt_tokens=len(enc.input_ids), completion_tokens=n)
+
+
+class AnswerStreamer(BaseStreamer):
+    """Turns the token columns transformers ``put``s during one batch into per-sample text pieces for ``on_text``.
+
+    The answer so far is decoded whole at every step (a prefix decoded alone can differ from the same tokens inside
+    a longer text), then its unsettled tail is held back: trailing U+FFFD (a character cut between tokens),
+    trailing whitespace (a tokenizer's clean-up may drop it before punctuation) and any end that could be the start
+    of a stop string. Text after EOS, past the sample's own budget or from a stop string on is never passed on.
+    :meth:`flush`, with the final texts, sends whatever was held back.
+    """
+
+    def __init__(
+        self,
+        processor: OwlProcessor,
+        on_text: OnText,
+        offset: int,
+        budgets: list[int],
+        eos: list[int],
+        stop: list[str] | None,
+    ) -> None:
+        self.processor, self.on_text, self.offset = processor, on_text, offset
+        self.budgets, self.eos, self.stop = budgets, set(eos), list(stop or [])
+        self.rows: list[list[int]] = [[] for _ in budgets]
+        self.sent = [""] * len(budgets)
+        self.done = [False] * len(budgets)
+
+    def put(self, value: torch.Tensor) -> None:
+        """One decoding step: a ``(B,)`` column of new tokens. transformers first puts the prompt ids, ``(B, n)``
+        (``(B, 0)`` here, where only embeddings are given): nothing to show."""
+        if value.dim() != 1:
+            return
+        for i, token in enumerate(value.tolist()):
+            if self.done[i]:
+                continue
+            if token in self.eos:
+                self.done[i] = True
+                continue
+            self.rows[i].append(token)
+            self.done[i] = len(self.rows[i]) >= self.budgets[i]
+            self._send(i, self._settled(i))
+
+    def end(self) -> None:
+        """transformers' end of generation; the last pieces wait for :meth:`flush` (it needs the final texts)."""
+
+    def flush(self, texts: list[str]) -> None:
+        """Send the rest of every final text (``Completion.text``)."""
+        for i, text in enumerate(texts):
+            self._send(i, text)
+
+    def _settled(self, i: int) -> str:
+        text = self.processor.decode(self.rows[i])
+        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+        if cut >= 0:
+            self.done[i] = True
+            return text[:cut]
+        text = text.rstrip("\ufffd").rstrip()
+        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[: len(text) - hold]  # an end that a stop string may continue waits
+
+    def _send(self, i: int, text: str) -> None:
+        # Only ever extend what was sent; a text that is not an extension (a tokenizer rewrote settled text) waits.
+        if len(text) > len(self.sent[i]) and text.startswith(self.sent[i]):
+            piece, self.sent[i] = text[len(self.sent[i]) :], text
+            self.on_text(self.offset + i, piece)
