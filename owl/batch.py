@@ -382,7 +382,7 @@ def generate_file(
         proc = OwlProcessor.from_pretrained(model_dir)
         if show_settings:
             print(f"owl generate: {options.describe()}, batches of {batch_size}", file=sys.stderr)
-        run = _Run(
+        run = BatchRunner(
             model,
             proc,
             options,
@@ -413,7 +413,7 @@ def generate_file(
     return summary
 
 
-class _Run:
+class BatchRunner:
     """The loaded model and the open output of one run; writes each record's line."""
 
     def __init__(self, model, proc, options: GenerationOptions, out: ResultsFile, summary: Summary, bar) -> None:  # noqa: ANN001

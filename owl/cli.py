@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "built in a temporary directory (--size).",
     )
     bg.add_argument("--model", help="model directory (default: a random --size model, its EOS never greedy)")
-    bg.add_argument("--size", default="small", help="random model: tiny (the preset) or small (a 3.4M LLaMA)")
+    bg.add_argument("--size", default="small", help="random model: tiny, small (3.4M LLM), medium (~85M)")
     bg.add_argument("--batches", default="1,4,8,16", help="comma-separated batch sizes")
     bg.add_argument("--new-tokens", type=int, default=64, help="new tokens per answer")
     bg.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after one warm-up")
@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     from owl import cli_use
 
     cli_use.add_parsers(sub)
+    from owl.eval.cli import add_eval_parser
+    from owl.eval.rating_cli import add_parsers as add_rating_parsers
+
+    add_rating_parsers(add_eval_parser(sub))  # owl eval owleval|vqa|mme|mmbench|world|rate|report|judge
     return p
 
 

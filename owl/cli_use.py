@@ -28,8 +28,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote {out} (mPLUG-Owl layout: loads with the reference's MplugOwlForConditionalGeneration)")
 
 
-def _generation_options(args: argparse.Namespace):  # noqa: ANN202
-    """The generation flags (``_add_generation_flags``) as options; unset ones stay unset (the model's file fills)."""
+def generation_options(args: argparse.Namespace):  # noqa: ANN201
+    """The generation flags (``add_generation_flags``) as options; unset ones stay unset (the model's file fills)."""
     from owl.generation import GenerationOptions
 
     do_sample = args.do_sample
@@ -52,7 +52,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         args.model,
         images=args.image or [],
         message=args.message,
-        options=_generation_options(args),
+        options=generation_options(args),
         show_settings=args.show_settings,
         device=args.device,
         dtype=args.dtype,
@@ -69,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         args.output,
         batch_size=args.batch_size,
         image_root=args.image_root,
-        options=_generation_options(args),
+        options=generation_options(args),
         limit=args.limit,
         retry_errors=args.retry_errors,
         device=args.device,
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run(args.model, args.host, args.port, settings, device=args.device, dtype=args.dtype, log_level=args.log_level)
 
 
-def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
     """Generation settings, device and dtype: the same flags for ``owl chat`` and ``owl generate``."""
     p.add_argument(
         "--max-new-tokens", type=int, help="answer length limit (default: the model's generation_config.json, else 256)"
@@ -140,7 +140,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--image", action="append", help="image for the first message (repeatable)")
     c.add_argument("--message", help="ask one question, print the answer and exit")
     c.add_argument("--no-stream", action="store_true", help="print each answer when it is complete, not as it grows")
-    _add_generation_flags(c)
+    add_generation_flags(c)
     c.set_defaults(func=cmd_chat, do_sample=None)
 
     g = sub.add_parser(
@@ -160,7 +160,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--limit", type=int, help="answer at most this many new records, then stop")
     g.add_argument("--retry-errors", action="store_true", help="redo the records OUTPUT has error lines for")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_generation_flags(g)
+    add_generation_flags(g)
     g.set_defaults(func=cmd_generate, do_sample=None)
 
     ml = sub.add_parser("merge-lora", help="fold a model's LoRA adapter into its weights: a plain model directory")

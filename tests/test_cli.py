@@ -153,3 +153,21 @@ def test_world_build_single_object_captions_flag_and_bad_value(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "n_captions_single=-1" in lines[0], bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_command_and_subcommand_help_renders():
+    """argparse formats help lazily: a stray % in a help string only fails when someone asks for --help."""
+    import argparse
+
+    from owl.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser) -> int:
+        parser.format_help()
+        n = 1
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    n += walk(child)
+        return n
+
+    assert walk(build_parser()) > 25
