@@ -11,8 +11,9 @@ import pytest
 from owl.conversation import IMAGE_TOKEN
 from owl.eval.owleval import dialogue_sample, dialogues, load_questions
 from tests.eval.conftest import eval_main
+from tests.eval.data import owleval_dir
 
-OWLEVAL = Path(__file__).resolve().parents[3] / "shared" / "owleval"
+OWLEVAL = owleval_dir()
 pytestmark = pytest.mark.skipif(not (OWLEVAL / "questions.jsonl").is_file(), reason="needs ../shared/owleval")
 FLAGS = ["--max-new-tokens", "8", "--batch-size", "16", "--no-progress"]
 

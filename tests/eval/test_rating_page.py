@@ -17,9 +17,10 @@ import pytest
 
 from owl.eval.rating import DISPLAY, RatingSession, default_answer_files, load_answers, load_questions, read_ratings
 from owl.eval.rating_app import serve_rating
+from tests.eval.data import owleval_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = (ROOT / ".." / "shared" / "owleval").resolve()
+DATA = owleval_dir()
 SCREENSHOT = ROOT / "runs" / "screenshots" / "owl-eval-rate.png"
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()), None)
 

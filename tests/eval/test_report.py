@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from owl.eval.report import consensus, write_report
+from tests.eval.data import owleval_dir
 
 QUESTIONS = [
     {"image": "1.jpg", "question_id": 1, "question": "q1", "ability": "a,b", "category": ["single_turn"]},
@@ -111,7 +112,7 @@ def test_paper_counts_match_the_owleval_readme():
 
     from owl.eval.report import PAPER
 
-    readme = Path(__file__).resolve().parents[2] / ".." / "shared" / "owleval" / "README.md"
+    readme = owleval_dir() / "README.md"
     if not readme.is_file():
         pytest.skip("OwlEval data not found")
     rows = re.findall(
