@@ -16,11 +16,15 @@ Resuming is ``owl.train.resume``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 from owl.atomic import write_text
 from owl.configtools import dump_yaml
 from owl.data import SkipStats, count_records
-from owl.errors import ConfigError, DataError
+from owl.errors import CheckpointError, ConfigError, DataError
 from owl.models.checkpoint import save_pretrained
 from owl.processing import Encoded, OwlProcessor
 from owl.train import checkpoint as ckpt
@@ -57,6 +61,10 @@ MODEL_SUBDIR = "model"
 
 class BadDataError(DataError):
     """Too large a share of the data is unusable; the message carries the skip summary."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint or the model directory could not be written (a full disk, a quota); nothing was replaced."""
 
 
 @dataclass
@@ -153,7 +161,11 @@ def setup(cfg: TrainConfig) -> Run:
         cfg.train.grad_accum,
         cfg.train.group_by_length,
     )
-    saved = resume.load(out, cfg.checkpoint.resume)
+    if acc.is_main_process:
+        for path in ckpt.remove_stale(out, extra=(f".{MODEL_SUBDIR}.tmp-*", f".{MODEL_SUBDIR}.old-*")):
+            say(f"removed {path}, left by a run that was stopped while writing it")
+    acc.wait_for_everyone()
+    saved = resume.load(out, cfg.checkpoint.resume, say)
     if saved is not None:
         resume.restore_weights(saved, model)
     model = strategy.shard(model)
@@ -383,18 +395,49 @@ def save_checkpoint(run: Run) -> None:
             "scheduler": run.scheduler.state_dict(),
             "data": {"mixture": run.data.mixture.state_dict(), "stats": stats.to_dict()},
         }
-        ckpt.save_checkpoint(
-            out,
-            step,
-            trainable,
-            optimizer_state,
-            state,
-            run.config_yaml,
-            run.cfg.checkpoint.keep,
-            rng=rng,
-            staged=strategy.writes_shards,
-        )
+        with _writing(f"checkpoint step {step}", out / ckpt.CKPT_DIR, out):
+            ckpt.save_checkpoint(
+                out,
+                step,
+                trainable,
+                optimizer_state,
+                state,
+                run.config_yaml,
+                run.cfg.checkpoint.keep,
+                rng=rng,
+                staged=strategy.writes_shards,
+            )
     acc.wait_for_everyone()
+
+
+_LOW_SPACE = 64 << 20  # bytes free under which a failed write is put down to the disk
+
+
+@contextlib.contextmanager
+def _writing(what: str, where: Path, out: Path) -> Iterator[None]:
+    """Turn a write that failed for want of space (or a read-only or failing disk) into one clear error.
+
+    The writers underneath fail in their own words (``OSError`` 28, safetensors' "I/O error", torch's "unexpected
+    pos"), so the disk is asked too. Every write is atomic, so the previous checkpoint is still there; the
+    message says which, and how to go on. Any other failure is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except Exception as e:
+        code = getattr(e, "errno", None)
+        probe = where if where.exists() else where.parent
+        free = shutil.disk_usage(probe).free if probe.exists() else None
+        disk = code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO) or "No space left" in str(e)
+        if not disk and (free is None or free >= _LOW_SPACE):
+            raise
+        done = ckpt.list_checkpoints(out)
+        kept = f"the newest complete checkpoint, {done[-1]}, is intact" if done else "no complete checkpoint yet"
+        first = (str(e).splitlines() or [""])[0]
+        space = f"{free / 2**20:.1f} MiB free there" if free is not None else "free space unknown"
+        raise CheckpointWriteError(
+            f"could not write {what} to {where} ({type(e).__name__}: {first[:200]}; {space}); "
+            f"{kept}: free some space (or lower checkpoint.keep) and run the same command again to resume"
+        ) from e
 
 
 def finish(run: Run, log: MetricsLog | None, last_loss: float | None) -> Path:
@@ -409,15 +452,16 @@ def finish(run: Run, log: MetricsLog | None, last_loss: float | None) -> Path:
         merge_vision_lora(final)
         if cfg.merge_lora and hasattr(final.llm, "merge_and_unload"):
             final.llm = final.llm.merge_and_unload()
-        save_pretrained(
-            final,
-            model_dir,
-            tokenizer=run.processor.tokenizer,
-            extra_files={
-                "lineage.json": json.dumps(lineage(cfg, run.step, last_loss), indent=1),
-                "train_config.yaml": run.config_yaml,
-            },
-        )
+        with _writing("the model directory", model_dir, out):
+            save_pretrained(
+                final,
+                model_dir,
+                tokenizer=run.processor.tokenizer,
+                extra_files={
+                    "lineage.json": json.dumps(lineage(cfg, run.step, last_loss), indent=1),
+                    "train_config.yaml": run.config_yaml,
+                },
+            )
         write_text(out / "train_config.yaml", run.config_yaml)
         report = "\n".join(stats.summary_lines())
         write_text(out / "data_report.txt", report + "\n")

@@ -15,6 +15,7 @@ on sharded parameters, and DeepSpeed's partitioned state (and fp32 master weight
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ from owl.train.data import TrainData
 from owl.train.distributed import Strategy
 
 
-def load(output_dir: str | Path, resume: str) -> dict[str, Any] | None:
-    """The checkpoint ``checkpoint.resume`` asks for, loaded (``auto``: the newest complete one), or None."""
-    path = ckpt.find_resume(output_dir, resume)
+def load(output_dir: str | Path, resume: str, say: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The checkpoint ``checkpoint.resume`` asks for, loaded (``auto``: the newest intact one), or None.
+
+    ``say`` reports a damaged checkpoint that was passed over (``owl.train.checkpoint.find_resume``).
+    """
+    path = ckpt.find_resume(output_dir, resume, say)
     return ckpt.load_checkpoint(path) if path is not None else None
 
 

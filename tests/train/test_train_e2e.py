@@ -67,22 +67,81 @@ def test_two_stages_losses_fall_and_the_result_generates(stage1):
     assert out[0].completion_tokens > 0
 
 
-def test_killed_run_resumes_bit_identical(stage1):
+RESUMABLE = ["train", STAGE2, "init_from=A", "train.max_steps=8", "checkpoint.every=3", *QUIET]
+
+
+@pytest.fixture(scope="module")
+def full_run(stage1):
+    """The uninterrupted 8-step stage-2 run that killed and resumed runs must equal."""
+    ok(run_cli(*RESUMABLE, "output_dir=full", cwd=stage1))
+    return stage1 / "full"
+
+
+def same_run(a: Path, b: Path) -> None:
+    full = load_file(str(a / "model" / "model.safetensors"))
+    resumed = load_file(str(b / "model" / "model.safetensors"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    fa = load_file(str(a / "model" / "adapter" / "adapter_model.safetensors"))
+    ra = load_file(str(b / "model" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(fa[k], ra[k]) for k in fa)
+    assert losses(a) == losses(b)
+
+
+def test_killed_run_resumes_bit_identical(stage1, full_run):
     work = stage1
-    args = ["train", STAGE2, "init_from=A", "train.max_steps=8", "checkpoint.every=3", *QUIET]
-    ok(run_cli(*args, "output_dir=full", cwd=work))
-    killed = run_cli(*args, "output_dir=resumed", cwd=work, env={"OWL_DEBUG_KILL_AFTER_STEP": "5"})
+    killed = run_cli(*RESUMABLE, "output_dir=resumed", cwd=work, env={"OWL_DEBUG_KILL_AFTER_STEP": "5"})
     assert killed.returncode == -9  # SIGKILL
     assert not (work / "resumed" / "model").exists()
-    r = ok(run_cli(*args, "output_dir=resumed", cwd=work))
+    r = ok(run_cli(*RESUMABLE, "output_dir=resumed", cwd=work))
     assert "resumed from" in r.stdout and "step-000003" in r.stdout
-    full = load_file(str(work / "full" / "model" / "model.safetensors"))
-    resumed = load_file(str(work / "resumed" / "model" / "model.safetensors"))
-    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
-    fa = load_file(str(work / "full" / "model" / "adapter" / "adapter_model.safetensors"))
-    ra = load_file(str(work / "resumed" / "model" / "adapter" / "adapter_model.safetensors"))
-    assert all(torch.equal(fa[k], ra[k]) for k in fa)
-    assert losses(work / "full") == losses(work / "resumed")
+    same_run(full_run, work / "resumed")
+
+
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(stage1, full_run):
+    work = stage1
+    killed = run_cli(*RESUMABLE, "output_dir=damaged", cwd=work, env={"OWL_DEBUG_KILL_AFTER_STEP": "7"})
+    assert killed.returncode == -9
+    newest = work / "damaged" / "checkpoints" / "step-000006"
+    blob = bytearray((newest / "trainable.safetensors").read_bytes())
+    blob[-5] ^= 0x10  # one bit of one weight: same size, so only the hash can tell
+    (newest / "trainable.safetensors").write_bytes(bytes(blob))
+    r = ok(run_cli(*RESUMABLE, "output_dir=damaged", cwd=work))
+    assert "step-000006 is damaged (trainable.safetensors does not match its SHA-256" in r.stdout
+    assert "resumed from" in r.stdout and "step-000003 at step 3" in r.stdout
+    same_run(full_run, work / "damaged")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): room for two checkpoints of the tiny stage-2 run (0.44 MiB each), not three."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1100k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(stage1, full_run, small_disk):
+    from owl.train.checkpoint import list_checkpoints, verify_checkpoint
+
+    work = stage1
+    r = run_cli(*RESUMABLE, "checkpoint.every=2", f"output_dir={small_disk / 'run'}", cwd=work)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("owl: error: could not write checkpoint step 6") and "step-000004, is intact" in last
+    kept = list_checkpoints(small_disk / "run")
+    assert [p.name for p in kept] == ["step-000002", "step-000004"]
+    assert all(verify_checkpoint(p) is None for p in kept)
+    assert not [p for p in (small_disk / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    shutil.copytree(small_disk / "run", work / "moved")  # the user frees space: here, moves to a roomier disk
+    r = ok(run_cli(*RESUMABLE, "checkpoint.every=2", "output_dir=moved", cwd=work))
+    assert "step-000004 at step 4" in r.stdout
+    same_run(full_run, work / "moved")
 
 
 def _bad_data_config(work, max_bad):
