@@ -128,7 +128,10 @@ class LLMConfig:
     normalize_visual_embeds: bool = True
 
     def __post_init__(self) -> None:
-        _check("model_type" in self.hf_config, "llm.hf_config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
+        _check(
+            isinstance(self.hf_config.get("model_type"), str) and bool(self.hf_config["model_type"]),
+            "llm.hf_config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')",
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -201,10 +204,17 @@ class OwlConfig:
         if path.suffix != ".json":
             return cls.from_dict(read_yaml(path))
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-        return cls.from_dict(d)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); is it a config.json?") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config sections, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- presets

@@ -113,15 +113,14 @@ def _write_model_dir(
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     """Read all weights of a model directory (single file or sharded)."""
-    if (path / INDEX_NAME).exists():
-        index = json.loads((path / INDEX_NAME).read_text())
-        state: dict[str, torch.Tensor] = {}
-        for filename in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(path / filename)))
-        return state
-    if (path / WEIGHTS_NAME).exists():
-        return load_file(str(path / WEIGHTS_NAME))
-    raise CheckpointNotFound(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+    files = sorted(set(_weight_names(path).values()))
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:  # safetensors raises its own error types: any of them means a damaged file
+            raise _not_safetensors(file, e) from None
+    return state
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -136,15 +135,76 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+_PICKLE_HINT = (
+    "owl reads weights only from safetensors, never pickles (loading one can run code); convert a released "
+    "mPLUG-Owl checkpoint with `owl convert from-mplug-owl`, or save the weights with safetensors.torch.save_file"
+)
+
+
+def _not_safetensors(file: Path, error: Exception | str) -> CheckpointError:
+    """The error for a weights file that cannot be read, saying whether it is a pickle or a damaged file."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return CheckpointError(f"{file}: cannot read it: {e.strerror or e}")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return CheckpointError(f"{file} is a PyTorch pickle or zip archive, not safetensors: {_PICKLE_HINT}")
+    why = " ".join(str(error).split())
+    return CheckpointError(
+        f"{file} is not a readable safetensors file ({why}): it is damaged or was not copied completely; "
+        "copy or write the model again"
+    )
+
+
+def _read_index(path: Path) -> dict[str, Path]:
+    """``model.safetensors.index.json``'s weight map, checked: JSON, shard names inside the directory, shards there."""
+    file = path / INDEX_NAME
+    try:
+        index = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: cannot read it: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f'{file}: expected {{"weight_map": {{tensor name: shard file}}}}')
+    out = {}
+    for name, shard in weight_map.items():
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{file}: shard {shard!r} of {name} is not a file name in the model directory")
+        out[name] = path / shard
+    missing = sorted({p.name for p in out.values() if not p.is_file()})
+    if missing:
+        raise CheckpointNotFound(f"{file} names shards that are not in {path}: {missing[:3]}; copy them too")
+    return out
+
+
 def _weight_names(path: Path) -> dict[str, Path]:
-    """Every tensor name in a model directory and the safetensors file holding it (headers only)."""
+    """Every tensor name in a model directory and the safetensors file holding it (headers only, each checked)."""
     if (path / INDEX_NAME).exists():
-        index = json.loads((path / INDEX_NAME).read_text())
-        return {name: path / file for name, file in index["weight_map"].items()}
-    if (path / WEIGHTS_NAME).exists():
-        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
-            return {name: path / WEIGHTS_NAME for name in f.keys()}
-    raise CheckpointNotFound(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+        where = _read_index(path)
+    elif (path / WEIGHTS_NAME).exists():
+        where = None
+    else:
+        hint = ""
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
+            hint = f"; it has pickled weights (.bin/.pt): {_PICKLE_HINT}"
+        raise CheckpointNotFound(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}{hint}")
+    names: dict[str, Path] = {}
+    for file in sorted(set(where.values())) if where is not None else [path / WEIGHTS_NAME]:
+        try:  # safetensors validates the header and that the data covers the file exactly
+            with safe_open(str(file), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as e:  # SafetensorError and friends: a damaged or foreign file
+            raise _not_safetensors(file, e) from None
+        names.update({k: file for k in keys})
+    if where is None:
+        return names
+    absent = sorted(k for k, file in where.items() if names.get(k) != file)
+    if absent:
+        raise CheckpointError(f"{path / INDEX_NAME} lists tensors its shards do not hold: {absent[:5]}")
+    return where
 
 
 _ST_DTYPES = {
@@ -246,10 +306,38 @@ def load_model(path: str | Path, load_adapter: bool = True, dtype: torch.dtype |
         for file, names in by_file.items():
             read_safetensors_into(file, {name: fresh[name] for name in names})
     if load_adapter and (path / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        model.llm = PeftModel.from_pretrained(model.llm, str(path / ADAPTER_DIR))
+        model.llm = _load_adapter(model.llm, path / ADAPTER_DIR)
     return model
+
+
+def _load_adapter(llm: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    """The LoRA adapter attached to ``llm``, after checking the directory holds what peft needs (safetensors only)."""
+    from peft import PeftModel
+
+    config = adapter / "adapter_config.json"
+    try:
+        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
+    except FileNotFoundError:
+        raise CheckpointNotFound(f"{adapter} has no adapter_config.json; remove the folder or copy it again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config}: not a readable peft adapter config: {e}") from None
+    if not ok:
+        raise CheckpointError(f"{config}: expected a JSON object (a peft LoraConfig)")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointNotFound(
+            f"{adapter} has no adapter_model.safetensors (owl reads adapters only from safetensors)"
+        )
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except Exception as e:  # SafetensorError: damaged
+        raise _not_safetensors(weights, e) from None
+    try:
+        return PeftModel.from_pretrained(llm, str(adapter))
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        msg = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{adapter}: the adapter does not fit this model ({type(e).__name__}: {msg})") from None
 
 
 def load_generation_config(path: str | Path) -> GenerationConfig | None:
@@ -277,4 +365,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = check_model_dir(path)
     if not (path / "tokenizer_config.json").exists():
         raise CheckpointNotFound(f"{path} has no tokenizer files; pass a tokenizer or save one with the model")
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        msg = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{path}: its tokenizer files cannot be read ({type(e).__name__}: {msg}); save the tokenizer again"
+        ) from None

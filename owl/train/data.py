@@ -85,7 +85,7 @@ class SourceStream:
             self.emitted += 1
             if isinstance(item, Skipped):
                 if self.count_skips:
-                    stats.add(item)
+                    stats.add(item, first=self.epoch == 0)
                 continue
             self._samples_this_epoch += 1
             return item
@@ -121,8 +121,9 @@ class Mixture:
             counts[i] += 1
         return counts.tolist()
 
-    def draw(self, n: int, stats: SkipStats) -> list[tuple[int, Sample]]:
-        """``n`` samples, each with its global index (seeds its augmentation)."""
+    def draw(self, n: int, stats: SkipStats) -> list[tuple[int, Sample, bool]]:
+        """``n`` samples, each with its global index (seeds its augmentation) and whether its source is in its
+        first epoch (a record met then is met for the first time: how skips are counted once)."""
         if self.mode == "per_batch":
             picks = [i for i, c in enumerate(self._counts(n)) for _ in range(c)]
             picks = [picks[j] for j in self.rng.permutation(n)]
@@ -130,7 +131,9 @@ class Mixture:
             picks = self.rng.choice(len(self.streams), size=n, p=self.p).tolist()
         out = []
         for src in picks:
-            out.append((self.drawn, self.streams[src].next(stats)))
+            stream = self.streams[src]
+            sample = stream.next(stats)
+            out.append((self.drawn, sample, stream.epoch == 0))
             self.drawn += 1
         return out
 
@@ -177,11 +180,11 @@ class TrainData:
     def global_batch(self) -> int:
         return self.batch_size * self.grad_accum * self.world
 
-    def _encode(self, index: int, sample: Sample) -> Encoded | None:
+    def _encode(self, index: int, sample: Sample, first: bool) -> Encoded | None:
         try:
             enc = self.processor.encode(sample, rng=np.random.default_rng([self.seed, index]))
         except SampleError as e:
-            self.stats.add(Skipped(sample.source, e.reason, sample.id or f"sample {index}", str(e)))
+            self.stats.add(Skipped(sample.source, e.reason, sample.id or f"sample {index}", str(e)), first=first)
             return None
         self.stats.add_ok(sample.source)
         return enc
@@ -189,7 +192,7 @@ class TrainData:
     def next_step(self) -> list[list[Encoded]]:
         """``grad_accum`` lists of encoded samples (a list may be short or empty if samples were skipped)."""
         drawn = self.mixture.draw(self.global_batch, self.stats)
-        mine = [e for e in (self._encode(i, s) for i, s in drawn[self.rank :: self.world]) if e is not None]
+        mine = [e for e in (self._encode(*d) for d in drawn[self.rank :: self.world]) if e is not None]
         if self.group_by_length:
             mine.sort(key=lambda e: len(e.input_ids))
         n = self.batch_size

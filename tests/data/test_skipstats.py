@@ -26,8 +26,8 @@ def test_counts_totals_and_fractions():
     assert stats.by_reason() == {"missing_image": 2, "image_count_mismatch": 1, "malformed_json": 1}
     assert stats.by_reason("laion") == {"missing_image": 2, "malformed_json": 1}
     assert stats.by_source() == {
-        "laion": {"seen": 10, "ok": 7, "skipped": 3},
-        "llava": {"seen": 2, "ok": 1, "skipped": 1},
+        "laion": {"seen": 10, "ok": 7, "skipped": 3, "distinct": 3},
+        "llava": {"seen": 2, "ok": 1, "skipped": 1, "distinct": 1},
     }
     assert stats.bad_fraction() == pytest.approx(4 / 12)
     assert stats.bad_fraction("llava") == pytest.approx(0.5)
@@ -37,10 +37,10 @@ def test_counts_totals_and_fractions():
 
 def test_summary_is_a_table_with_totals_and_first_examples():
     lines = _stats().summary_lines()
-    assert lines[0].split() == ["source", "seen", "ok", "skipped", "bad", "reasons"]
-    assert lines[1].split()[:5] == ["laion", "10", "7", "3", "30.00%"]
+    assert lines[0].split() == ["source", "seen", "ok", "skipped", "bad", "records", "bad", "reasons"]
+    assert lines[1].split()[:6] == ["laion", "10", "7", "3", "3", "30.00%"]
     assert "missing_image 2, malformed_json 1" in lines[1]
-    assert lines[3].split() == ["total", "12", "8", "4", "33.33%"]
+    assert lines[3].split() == ["total", "12", "8", "4", "4", "33.33%"]
     end = lines[0].index("seen") + len("seen")  # numbers are right-aligned under their header
     assert lines[1][end - 2 : end] == "10" and lines[3][end - 2 : end] == "12"
     examples = [line for line in lines if "e.g." in line]
@@ -76,7 +76,33 @@ def test_merge_adds_counts_from_another_rank():
     assert merged.ok == {"laion": 10, "llava": 1, "alpaca": 2}
     assert merged.skipped["laion"] == {"missing_image": 3, "malformed_json": 1}
     assert merged.skipped["alpaca"] == {"empty": 1}
+    assert merged.distinct == {
+        "laion": {"missing_image": 3, "malformed_json": 1}, "llava": {"image_count_mismatch": 1}, "alpaca": {"empty": 1}
+    }  # fmt: skip
     assert merged.total_seen == rank0.total_seen + rank1.total_seen
     assert merged.examples["laion"]["missing_image"].startswith("a.jsonl:3")  # keeps its own first example
     assert merged.examples["alpaca"]["empty"].startswith("a.json[4]")
     assert rank1.ok == {"laion": 3, "alpaca": 2}  # the other side is left alone
+
+
+def test_records_met_again_in_later_epochs_count_once_as_bad_records():
+    stats = SkipStats()
+    stats.add_ok("laion", 6)
+    for epoch in range(2):  # the same 8 bad records met in epoch 0, 6 of them again in epoch 1
+        for i in range(8 if epoch == 0 else 6):
+            stats.add(Skipped("laion", "missing_image", f"a.jsonl:{i}", "gone"), first=epoch == 0)
+    assert (stats.total_distinct, stats.total_skipped) == (8, 14)
+    row = stats.summary_lines()[1]
+    assert row.split()[:5] == ["laion", "20", "6", "14", "8"]
+    assert row.endswith("missing_image 8 (met 14)")
+    assert SkipStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+
+
+def test_version_1_checkpoints_still_load_with_each_skip_taken_as_distinct():
+    old = {"version": 1, "ok": {"a": 3}, "skipped": {"a": {"empty": 2}}, "examples": {"a": {"empty": "x:1: e"}}}
+    stats = SkipStats.from_dict(old)
+    assert stats.distinct == {"a": {"empty": 2}} and stats.total_skipped == 2
+    stats.add(Skipped("a", "empty", "x:1", "e"), first=False)
+    assert (stats.total_distinct, stats.total_skipped) == (2, 3)
+    with pytest.raises(ValueError, match="malformed counts"):
+        SkipStats.from_dict({"version": 2, "distinct": {"a": {"empty": -1}}})

@@ -70,7 +70,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_epochs_are_shuffled_differently_but_deterministically(tmp_path):
     specs = write_sources(tmp_path, n_caps=10, n_text=1)
     specs[1].weight = 1e-9
-    epochs = [[s.id for _, s in make(specs, seed=3).mixture.draw(20, make(specs).stats)] for _ in range(2)]
+    epochs = [[s.id for _, s, _ in make(specs, seed=3).mixture.draw(20, make(specs).stats)] for _ in range(2)]
     assert epochs[0] == epochs[1]
     first, second = epochs[0][:10], epochs[0][10:]
     assert sorted(first) == sorted(second) and first != second
@@ -100,6 +100,34 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     assert len(got) == 10  # the corrupt image fails at encode time; the other 10 are used
     reasons = data.stats.by_reason("caps")
     assert reasons == {"malformed_json": 1, "missing_image": 1, "bad_type": 1, "bad_image": 1}
+
+
+def test_bad_records_met_over_several_epochs_are_reported_once_and_survive_resume(tmp_path):
+    """4 bad records (2 at read time, 1 corrupt image, 1 missing) among 6 good, read for 3 epochs: 4 bad records,
+    skipped about 3x as often; resuming mid-way from the saved state reports the same."""
+    bad = [
+        (1, "{oops"),
+        (3, json.dumps({"image": "a.png", "caption": 7})),
+        (4, json.dumps({"image": "corrupt.png", "caption": "y"})),
+        (6, json.dumps({"image": "no.png", "caption": "z"})),
+    ]
+    specs = write_sources(tmp_path, n_caps=6, bad_lines=bad)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG broken")
+    specs[1].weight = 1e-9
+    data = make(specs, batch=3, seed=1)
+    for _ in range(3):
+        data.next_step()
+    state = json.loads(json.dumps(data.state_dict()))
+    for _ in range(3):
+        data.next_step()  # 6 steps x 3 = 18 samples drawn = 3 epochs of 6
+    resumed = make(specs, batch=3, seed=1)
+    resumed.load_state_dict(state)
+    for _ in range(3):
+        resumed.next_step()
+    for stats in (data.stats, resumed.stats):
+        assert stats.distinct == {"caps": {"malformed_json": 1, "bad_type": 1, "bad_image": 1, "missing_image": 1}}
+        assert 9 <= stats.total_skipped <= 12 and stats.total_distinct == 4
+    assert resumed.stats == data.stats
 
 
 def test_source_without_usable_records_is_an_error(tmp_path):
