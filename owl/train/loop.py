@@ -434,8 +434,18 @@ def _writing(what: str, where: Path, out: Path) -> Iterator[None]:
         kept = f"the newest complete checkpoint, {done[-1]}, is intact" if done else "no complete checkpoint yet"
         first = (str(e).splitlines() or [""])[0]
         space = f"{free / 2**20:.1f} MiB free there" if free is not None else "free space unknown"
+        if code == errno.EROFS:
+            cause = f"the disk is read-only; {space}"
+        elif code == errno.EIO:
+            cause = f"the disk failed to write (EIO); {space}"
+        elif code == errno.EDQUOT:
+            cause = f"over the disk quota: {space}"
+        elif disk or (free is not None and free < _LOW_SPACE):
+            cause = f"the disk is full: {space}"  # whatever words the writer used, e.g. torch's "unexpected pos"
+        else:
+            cause = f"{type(e).__name__}: {first[:200]}; {space}"
         raise CheckpointWriteError(
-            f"could not write {what} to {where} ({type(e).__name__}: {first[:200]}; {space}); "
+            f"could not write {what} to {where} ({cause}); "
             f"{kept}: free some space (or lower checkpoint.keep) and run the same command again to resume"
         ) from e
 

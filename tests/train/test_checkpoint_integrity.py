@@ -158,7 +158,9 @@ def test_disk_failures_become_one_clear_error(run: Path, monkeypatch, error: Exc
         with _writing("checkpoint step 8", run / "checkpoints", run):
             raise error
     msg = str(info.value)
-    assert msg.startswith(f"could not write checkpoint step 8 to {run / 'checkpoints'} ({type(error).__name__}: ")
+    cause = "over the disk quota: " if getattr(error, "errno", None) == errno.EDQUOT else "the disk is full: "
+    assert msg.startswith(f"could not write checkpoint step 8 to {run / 'checkpoints'} ({cause}")
+    assert f"{free / 2**20:.1f} MiB free there" in msg
     assert "step-000006, is intact" in msg and "run the same command again to resume" in msg
     assert "\n" not in msg
 
