@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from owl.conversation import IMAGE_TOKEN, Message, Sample, SampleError
-from owl.data.formats import _conversation, _image_paths, _llava, _mplug
+from owl.data.formats import _conversation, _image_paths, _llava, _mplug, image_path
 from owl.data.source import SourceSpec
 from owl.errors import InputError, InputNotFound, OwlError
 from owl.generation import GenerationOptions, generate
@@ -259,7 +259,7 @@ def _part(part: Any, images: list, image_root: str) -> str:
         elif url.startswith(("http://", "https://")):
             raise SampleError("remote_image", f"{url}: remote images are not fetched; download it and give its path")
         else:
-            images.append(os.path.abspath(os.path.join(image_root, os.path.expanduser(url.removeprefix("file://")))))
+            images.append(image_path(url.removeprefix("file://"), image_root))
         return f"{IMAGE_TOKEN}\n"
     raise SampleError("bad_type", f"unknown content part type {kind!r} (text, image_url, image)")
 

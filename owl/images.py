@@ -14,6 +14,10 @@ alpha (resized premultiplied); ``resize_first=True`` reproduces that for
 ``processor.compat: mplug-owl`` generation, so a converted model sees the
 pixels it was demoed with.
 
+EXIF orientation is applied (a photo taken sideways is seen upright; the
+reference did not), and 16-bit or float greyscale is scaled to 8 bits rather
+than clipped to white.
+
 Untrusted images: a pixel cap is checked from the header before decoding, and
 every failure becomes a ``SampleError`` with a reason (``missing_image``,
 ``bad_image``, ``image_too_large``) so a long run skips and counts it.
@@ -29,15 +33,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from owl.conversation import ImageSource, SampleError
 from owl.errors import ConfigError
+
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer and float greyscale as 8-bit ``L``. PIL's own conversion clips these to 255, so a
+    16-bit scan of mid-grey (32768) would arrive white; here integers are read as 16-bit and floats as [0, 1]
+    (or [0, 255] when larger values occur)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = np.nanmax(arr) if arr.size else 1.0
+        arr = np.nan_to_num(arr) * (255.0 if top <= 1.0 else 1.0)
+    else:
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
 
 
 def _rgb(img: Image.Image) -> Image.Image:
     """``img`` as RGB; a mode PIL cannot convert is a bad image, not a crash."""
     try:
+        if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+            img = _to_8bit(img)
         return img.convert("RGB")
     except Exception as e:
         raise SampleError("bad_image", f"cannot convert a {img.mode} image to RGB: {e}") from e
@@ -90,15 +111,21 @@ class ImageTransform:
                 raise SampleError("missing_image", f"image file not found: {src}")
             try:
                 img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+            except Image.DecompressionBombError as e:  # PIL's own header check (over 2x its pixel limit)
+                raise SampleError("image_too_large", f"image {name}: {e}") from e
             except Exception as e:  # PIL raises many types for bad data
                 raise SampleError("bad_image", f"cannot read image {name}: {e}") from e
         w, h = img.size
         if w * h > self.max_pixels:
             raise SampleError("image_too_large", f"image {name} has {w}x{h} pixels, over the cap of {self.max_pixels}")
+        if w == 0 or h == 0:
+            raise SampleError("bad_image", f"image {name} has no pixels ({w}x{h})")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img.load()
+                if img.getexif().get(_ORIENTATION, 1) != 1:  # a phone photo taken sideways: show it upright
+                    img = ImageOps.exif_transpose(img)
             return img
         except Exception as e:
             raise SampleError("bad_image", f"cannot decode image {name}: {e}") from e

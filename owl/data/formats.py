@@ -273,7 +273,23 @@ def _image_paths(value: str | list | None, spec: SourceSpec, image_root: str) ->
     for item in items:
         if not isinstance(item, str) or not item:
             raise SampleError("bad_type", f"field {name!r} must hold image paths, found {_kind(item)} {item!r}")
-    return [os.path.abspath(os.path.join(image_root, os.path.expanduser(item))) for item in items]
+    return [image_path(item, image_root) for item in items]
+
+
+def image_path(item: str, image_root: str) -> str:
+    """The absolute path of image ``item`` (relative ones resolve against ``image_root``), which must lie inside the
+    root once ``..`` and symlinks are resolved: a data file (or an ``owl generate`` line) names images only under
+    the folder it was given, so a line like ``../../home/me/.ssh/id_rsa`` reads nothing. To use images elsewhere,
+    set the image root to a folder that holds them (``/`` allows any path)."""
+    path = os.path.abspath(os.path.join(image_root, os.path.expanduser(item)))
+    real, root = os.path.realpath(path), os.path.realpath(image_root)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise SampleError(
+            "image_outside_root",
+            f"image {item!r} resolves to {real}, outside the image root {image_root}; keep images under the root "
+            "or set the image root to a folder that holds them (image_root / --image-root)",
+        )
+    return path
 
 
 # --- one converter per format ---------------------------------------------------------------------------------------

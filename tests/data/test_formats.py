@@ -88,11 +88,14 @@ def test_captions_renamed_fields_prompt_and_image_root(tmp_path):
     assert sample.id == "k1"
 
 
-def test_captions_absolute_image_path(tmp_path):
+def test_captions_absolute_image_path_must_lie_under_the_image_root(tmp_path):
     touch(tmp_path / "abs", "x.png")
     path = write_jsonl(tmp_path / "d" / "p.jsonl", [{"image": str(tmp_path / "abs" / "x.png"), "caption": "x"}])
-    (sample,), _ = read(SourceSpec("c", "captions", str(path)))
-    assert sample.images == [str(tmp_path / "abs" / "x.png")]
+    samples, (skip,) = read(SourceSpec("c", "captions", str(path)))  # root: the data file's folder d/
+    assert samples == [] and skip.reason == "image_outside_root" and "set the image root" in skip.detail
+    for root in (tmp_path, "/"):  # a root that holds it; "/" allows any path
+        (sample,), _ = read(SourceSpec("c", "captions", str(path), image_root=str(root)))
+        assert sample.images == [str(tmp_path / "abs" / "x.png")]
 
 
 def test_captions_file_with_planted_bad_lines(tmp_path):
