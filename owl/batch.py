@@ -123,7 +123,7 @@ def read_records(path: str | Path) -> Iterator[Prompt]:
     if head.startswith(b"["):
         try:
             records = json.loads(path.read_text(encoding="utf-8-sig"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise InputError(
                 f"{path} is not valid JSON ({e}); write it as JSON lines so one bad record only fails itself"
             ) from None
@@ -156,7 +156,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any, str]]:
                 continue
             try:
                 yield lineno, json.loads(line), ""
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting
                 yield lineno, None, f"line {lineno} is not a JSON record: {e}"
 
 
@@ -281,7 +281,7 @@ class ResultsFile:
         for raw in data[:end].splitlines(keepends=True):
             try:
                 rec = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 rec = None
             if not isinstance(rec, dict) or "id" not in rec:
                 dropped += raw.strip() != b""

@@ -170,12 +170,12 @@ def _reject_single_object(spec: SourceSpec, path: str) -> None:
     try:
         json.loads(first_line)
         return  # the first line is a whole record: JSON lines
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         with open(path, encoding="utf-8-sig") as f:
             whole = json.load(f)
-    except ValueError:
+    except (ValueError, RecursionError):
         return  # neither one object nor a clean first line: read as lines, bad ones are skipped
     keys = ", ".join(list(whole)[:5]) if isinstance(whole, dict) else ""
     raise DataError(
@@ -188,7 +188,7 @@ def _load_list(spec: SourceSpec, path: str) -> list:
     try:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise DataError(
             f"data source {spec.name!r}: {path} is not valid JSON ({error}); fix the file, or write it as "
             f"JSON lines (one record per line) so that one bad record only skips itself"
@@ -217,7 +217,7 @@ def _iter_records(spec: SourceSpec, path: str) -> Iterator[tuple[str, Any] | Ski
             where = f"{name}:{lineno}"
             try:
                 record = json.loads(line)
-            except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, nesting
                 yield Skipped(spec.name, "malformed_json", where, f"not a JSON line: {error}")
                 continue
             yield where, record
@@ -268,8 +268,10 @@ def _image_paths(value: str | list | None, spec: SourceSpec, image_root: str) ->
     """Absolute image paths from a string or list of strings (relative ones resolve against image_root)."""
     if value is None:
         return []
-    items = [value] if isinstance(value, str) else value
     name = spec.field_name("image")
+    if not isinstance(value, (str, list)):  # the readers check this first; `owl generate` records come here as is
+        raise SampleError("bad_type", f"field {name!r} must be an image path or a list of them, got {_kind(value)}")
+    items = [value] if isinstance(value, str) else value
     for item in items:
         if not isinstance(item, str) or not item:
             raise SampleError("bad_type", f"field {name!r} must hold image paths, found {_kind(item)} {item!r}")

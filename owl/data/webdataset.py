@@ -125,7 +125,7 @@ def _to_sample(spec: SourceSpec, shard: str, key: str, members: dict[str, bytes]
         if "json" in members:
             try:
                 metadata = json.loads(members["json"])
-            except ValueError as error:
+            except (ValueError, RecursionError) as error:
                 raise SampleError("malformed_json", f"{key}.json is not JSON: {error}") from None
             if not isinstance(metadata, dict):
                 raise SampleError("bad_type", f"{key}.json must hold an object, got {type(metadata).__name__}")

@@ -253,6 +253,8 @@ async def read_json(request: Request, limit: int) -> object:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad_request(f"the body is not valid JSON: {e}", None, "invalid_json") from None
+    except RecursionError:  # "[[[[..." within the size cap: Python's parser gives up; so do we, politely
+        raise bad_request("the body's JSON is nested too deeply", None, "invalid_json") from None
 
 
 async def _disconnected(request: Request) -> None:
