@@ -5,8 +5,9 @@ What a crash can hit, each a kind of trial (cycled, so every kind gets its share
 - ``random``      SIGKILL at a random time in the run (1-3 times per trial), wherever it lands;
 - ``in-ckpt``     SIGKILL while a checkpoint is being written (the parent watches for the staging directory);
 - ``in-final``    SIGKILL while the final model directory is being written;
-- ``corrupt``     SIGKILL at a random time, then the newest complete checkpoint is damaged on the disk
-                  (truncated, or one byte flipped): resuming must say so and fall back to the one before;
+- ``corrupt``     SIGKILL while a random checkpoint (step 9 on) is written, then the newest complete checkpoint is
+                  damaged on the disk (a file truncated, or one byte flipped): resuming must say so and fall back
+                  to the one before;
 - ``disk-full``   (root only: a small tmpfs) the run's output lies on a filesystem too small for its third
                   checkpoint: the run stops with one clear line, the previous checkpoint verifies, and after
                   moving the output to a roomier disk the same command finishes it.
@@ -206,11 +207,8 @@ def one_trial(
         for _ in range(rng.randint(1, 3)):
             if not launch_and_kill(work, out, trial, "time", when(rng, span)):
                 break
-    else:  # corrupt: killed (again, if need be) until two checkpoints exist, so there is one to fall back to
-        for _ in range(6):
-            finished = not launch_and_kill(work, out, trial, "time", when(rng, span))
-            if finished or len(list((work / out / "checkpoints").glob("step-*"))) >= 2:
-                break
+    else:  # corrupt: killed while a checkpoint from step 9 on is written, so two complete ones exist before it
+        launch_and_kill(work, out, trial, "ckpt", step=rng.choice(range(9, 25, 3)))
         if len(list((work / out / "checkpoints").glob("step-*"))) >= 2:
             trial.damage = damage_newest(work / out, rng)
             shutil.rmtree(work / out / "model", ignore_errors=True)  # if it had finished: make it run again

@@ -3,11 +3,11 @@
 Starts a real `owl serve` process on 127.0.0.1 with a random tiny model (or --model), then, all bounded in requests
 and time and stopping by itself:
 
-1. **rounds** (3 by default): ``--clients`` concurrent clients (64) send ``--requests`` requests in all per round,
-   mixed: half streamed (server-sent events), half plain JSON, a third with one image (a PNG data URL), answer
-   lengths drawn from 8-48 tokens, some sampled. Per round: count of 5xx (goal 0), other errors, p50/p99 latency,
-   requests/s, generated tokens/s, and the server's peak RSS sampled every 50 ms from /proc (bounded: a later
-   round's peak must not grow beyond the first's by more than ``--rss-slack-mib``).
+1. **rounds** (3 by default): ``--clients`` concurrent clients (64) send ``--requests`` requests (1024) in all
+   per round, mixed: half streamed (server-sent events), half plain JSON, a third with one image (a PNG data
+   URL), answer lengths drawn from 8-48 tokens, some sampled. Per round: count of 5xx (goal 0), other errors,
+   p50/p99 latency, requests/s, generated tokens/s, and the server's peak RSS sampled every 50 ms from /proc
+   (bounded: a later round's peak must not grow beyond the first's by more than ``--rss-slack-mib``).
 2. **overload**: ``--overload`` requests at once, beyond the server's running + queue capacity: the excess must be
    answered 503 with Retry-After (not a crash, not a 500), and the server must answer normally afterwards.
 3. **disconnects**: 16 streaming clients read their first chunk and hang up; their batch slots must be free
@@ -270,7 +270,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model directory (default: a random tiny one)")
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=256, help="requests per round")
+    ap.add_argument("--requests", type=int, default=1024, help="requests per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--overload", type=int, default=240, help="requests sent at once in the overload phase")
     ap.add_argument("--max-running", type=int, default=16)

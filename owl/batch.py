@@ -19,7 +19,9 @@ training readers' converters (:mod:`owl.data.formats`), so a training or eval fi
 * ``caption`` with an image (captions): the image alone is the prompt, the caption the reference.
 
 Images: ``image`` or ``images`` (a path or a list), relative paths against ``--image-root``, else the input file's
-folder. With images and no ``<image>`` marker, one marker per image goes before the first user turn (LLaVA's rule).
+folder; every path must stay under that root once ``..`` and symlinks are resolved (``image_outside_root``
+otherwise: an input file from elsewhere reads no file outside the folder it was given; ``--image-root /`` allows
+any). With images and no ``<image>`` marker, one marker per image goes before the first user turn (LLaVA's rule).
 A trailing assistant turn is dropped from the prompt and written as ``reference``, so a labelled file runs as is.
 
 Output: JSON lines, one per input record, in completion order: ``id``, ``answer`` (whitespace-stripped),
