@@ -29,6 +29,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,6 +312,7 @@ def main() -> None:
         rss.stop()
         if proc.poll() is None:
             proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
     r, term = report, report["sigterm"]
     report["pass"] = {
         "no_errors_in_rounds": all(x["http_5xx"] + x["other_errors"] + x["incomplete"] == 0 for x in r["rounds"]),

@@ -261,7 +261,9 @@ def train_step(run: Run) -> StepMetrics:
         batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
         with strategy.micro_batch(model, last=last):
             res = model(**batch, return_logits=False, keep_all_in_graph=run.keep_all_in_graph)
-            strategy.backward(res.loss_sum * acc.num_processes / max(n_global, 1.0))
+            loss = res.loss_sum * acc.num_processes / max(n_global, 1.0)
+            if loss.requires_grad:  # else one process lost every sample of a step: nothing to learn, nothing to sync
+                strategy.backward(loss)
             strategy.after_backward(last)
         metrics.loss_sums.append(res.loss_sum.item())
         metrics.input_tokens.append(float(batch["attention_mask"].sum()))

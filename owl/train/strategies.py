@@ -79,6 +79,8 @@ class DDPStrategy:
         pass
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], grad_clip: float | None) -> float:
+        if all(p.grad is None for p in params):  # a step whose every sample was skipped: no update
+            return float("nan")
         if grad_clip is not None:
             grad_norm = float(self.acc.clip_grad_norm_(params, grad_clip))
         else:

@@ -155,7 +155,10 @@ def _bad_data_config(work, max_bad):
     (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     lines.append(json.dumps({"image": str(work / "corrupt.png"), "caption": "y"}))
     (work / "planted.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = STAGE1.read_text().replace("path: configs/tiny/data/captions.jsonl", f"path: {work / 'planted.jsonl'}")
+    # absolute image paths outside the data file's folder: allowed by image_root: /
+    cfg = STAGE1.read_text().replace(
+        "path: configs/tiny/data/captions.jsonl", f"path: {work / 'planted.jsonl'}, image_root: /"
+    )
     assert str(work / "planted.jsonl") in cfg
     cfg = cfg.replace(
         "  max_length: 256", f"  max_length: 256\n  max_bad_fraction: {max_bad}\n  min_seen_for_abort: 10"
@@ -180,6 +183,25 @@ def test_too_much_bad_data_aborts_with_one_line(stage1):
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("owl: error:") and "data.max_bad_fraction=0.01" in last
+
+
+def test_a_step_whose_every_sample_is_skipped_trains_on(stage1):
+    """Most images corrupt, batches of 2: some steps lose every sample; they update nothing and the run goes on,
+    its report counting 10 bad records however often they were met."""
+    work = stage1
+    images = sorted((ROOT / "configs" / "tiny" / "data" / "images").glob("*.png"))[:2]
+    (work / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    lines = [{"image": str(p), "caption": "a shape"} for p in images]
+    lines += [{"image": str(work / "bad.png"), "caption": f"bad {i}"} for i in range(10)]
+    (work / "mostly-bad.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    source = f"data.sources=[{{name: c, format: captions, path: {work / 'mostly-bad.jsonl'}, image_root: /}}]"
+    args = ["train", STAGE1, source, "data.max_bad_fraction=1.0", "train.batch_size=2", "train.max_steps=12"]
+    r = ok(run_cli(*args, "output_dir=mostly-bad", *QUIET, cwd=work))
+    rows = [json.loads(x) for x in (work / "mostly-bad" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any(x["target_tokens"] == 0 for x in rows if "target_tokens" in x), rows[:3]
+    report = (work / "mostly-bad" / "data_report.txt").read_text()
+    assert "bad_image 10 (met " in report, report
+    assert "model written to" in r.stdout
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
