@@ -26,3 +26,15 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd=None)
     return subprocess.run(
         cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
     )
+
+
+def png_claiming(w: int, h: int, depth: int = 8) -> bytes:
+    """A PNG whose header claims w x h pixels over one tiny compressed row: what a decompression bomb looks like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

@@ -12,9 +12,7 @@ import io
 import os
 import random
 import resource
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from PIL import Image
 from owl.config import CLIP_MEAN, CLIP_STD
 from owl.conversation import SampleError
 from owl.images import ImageTransform
+from tests.helpers import png_claiming
 
 SIZE = 28
 MAX_PIXELS = 4_000_000
@@ -42,16 +41,6 @@ def _save(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def _rgb(w: int = 40, h: int = 30, colour: tuple[int, int, int] = (200, 40, 40)) -> Image.Image:
     return Image.new("RGB", (w, h), colour)
-
-
-def _png_header(w: int, h: int, depth: int = 8, colour: int = 2) -> bytes:
-    """A PNG whose header claims w x h pixels, with one tiny compressed row: what a decompression bomb looks like."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _exif_rotated() -> bytes:
@@ -150,11 +139,11 @@ BAD_CASES: list[tuple[str, Callable[[], bytes], str, str]] = [
     ("img-gzip-of-png", lambda: gzip.compress(PNG), "bad_image", r"cannot identify image file"),
     ("img-random-bytes", lambda: random.Random(0).randbytes(4096), "bad_image", r"cannot identify image file"),
     ("img-json", lambda: b'{"image": "a.png"}', "bad_image", r"cannot identify image file"),
-    ("img-bomb-over-owl-cap", lambda: _png_header(4000, 4000), "image_too_large", r"has 4000x4000 pixels, over the cap of 4000000"),
-    ("img-bomb-over-pil-limit", lambda: _png_header(20000, 20000), "image_too_large", r"decompression bomb"),
-    ("img-bomb-one-row", lambda: _png_header(4_000_001, 1), "image_too_large", r"has 4000001x1 pixels"),
-    ("img-bomb-16-bit", lambda: _png_header(3000, 3000, depth=16), "image_too_large", r"has 3000x3000 pixels"),
-    ("img-png-zero-width", lambda: _png_header(0, 10), "bad_image", r"cannot (read|decode) image|no pixels"),
+    ("img-bomb-over-owl-cap", lambda: png_claiming(4000, 4000), "image_too_large", r"has 4000x4000 pixels, over the cap of 4000000"),
+    ("img-bomb-over-pil-limit", lambda: png_claiming(20000, 20000), "image_too_large", r"decompression bomb"),
+    ("img-bomb-one-row", lambda: png_claiming(4_000_001, 1), "image_too_large", r"has 4000001x1 pixels"),
+    ("img-bomb-16-bit", lambda: png_claiming(3000, 3000, depth=16), "image_too_large", r"has 3000x3000 pixels"),
+    ("img-png-zero-width", lambda: png_claiming(0, 10), "bad_image", r"cannot (read|decode) image|no pixels"),
 ]  # fmt: skip
 
 

@@ -9,23 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import struct
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from owl.cli import main
-from tests.helpers import random_image
-
-
-def _bomb() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+from tests.helpers import png_claiming, random_image
 
 
 def _parts(*parts: dict) -> list[dict]:
@@ -72,7 +62,7 @@ CASES: list[tuple[str, object, str | None]] = [
     ("gen-part-remote-url", {"messages": _parts(_url("https://example.com/cat.png"), {"type": "text", "text": "?"})}, "remote_image"),
     ("gen-part-bad-base64", {"messages": _parts(_url("data:image/png;base64,!!!"), {"type": "text", "text": "?"})}, "bad_image"),
     ("gen-part-data-not-image", {"messages": _parts(_url(_b64(b"plain text")), {"type": "text", "text": "?"})}, "bad_image"),
-    ("gen-part-bomb", {"messages": _parts(_url(_b64(_bomb())), {"type": "text", "text": "?"})}, "image_too_large"),
+    ("gen-part-bomb", {"messages": _parts(_url(_b64(png_claiming(30000, 30000))), {"type": "text", "text": "?"})}, "image_too_large"),
     ("gen-part-unknown-type", {"messages": _parts({"type": "audio", "audio": "x"})}, "bad_type"),
     ("gen-part-not-object", {"messages": _parts("Hi")}, "bad_type"),
     ("gen-part-url-missing", {"messages": _parts({"type": "image_url"})}, "bad_type"),

@@ -9,8 +9,6 @@ import base64
 import io
 import json
 import random
-import struct
-import zlib
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +19,7 @@ from PIL import Image
 from owl.serve.app import create_app
 from owl.serve.openai_api import MAX_STOPS
 from owl.serve.settings import ServeSettings
-from tests.helpers import random_image
+from tests.helpers import png_claiming, random_image
 from tests.serve.models import make
 
 KIB = 1024
@@ -33,16 +31,6 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
-
-
-def _claiming(w: int, h: int) -> bytes:
-    """A PNG header claiming w x h pixels over one tiny compressed row: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
@@ -113,8 +101,8 @@ CASES: list[tuple[str, object, int, str]] = [
     ("serve-image-truncated-png", user(image(data_url(NOISE[: len(NOISE) // 2])), text("Hi")), 400, "invalid_image"),
     ("serve-image-svg", user(image(data_url(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml")), text("Hi")), 400, "invalid_image"),
     ("serve-image-over-byte-cap", user(image(data_url(NOISE * 3)), text("Hi")), 413, "image_too_large"),
-    ("serve-image-over-pixel-cap", user(image(data_url(_claiming(2000, 2000))), text("Hi")), 400, "image_too_large"),
-    ("serve-image-decompression-bomb", user(image(data_url(_claiming(30000, 30000))), text("Hi")), 400, "image_too_large"),
+    ("serve-image-over-pixel-cap", user(image(data_url(png_claiming(2000, 2000))), text("Hi")), 400, "image_too_large"),
+    ("serve-image-decompression-bomb", user(image(data_url(png_claiming(30000, 30000))), text("Hi")), 400, "image_too_large"),
     ("serve-image-http-url", user(image("http://127.0.0.1:9/cat.png"), text("Hi")), 400, "image_url_not_allowed"),
     ("serve-image-https-url", user(image("https://example.com/cat.png"), text("Hi")), 400, "image_url_not_allowed"),
     ("serve-image-http-upper-case", user(image("HTTP://example.com/cat.png"), text("Hi")), 400, "image_url_not_allowed"),
