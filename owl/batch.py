@@ -246,7 +246,9 @@ def _part(part: Any, images: list, image_root: str) -> str:
     if not isinstance(part, dict):
         raise SampleError("bad_type", f"a content part must be an object, got {type(part).__name__}")
     kind = part.get("type")
-    if kind == "text" and isinstance(part.get("text"), str):
+    if kind == "text":
+        if not isinstance(part.get("text"), str):  # a type error, not an "unknown part type 'text'"
+            raise SampleError("bad_type", f"a text part needs a string 'text', got {repr(part.get('text'))[:60]}")
         return part["text"]
     if kind in ("image_url", "image"):
         url = part.get("image_url", part.get("image"))

@@ -47,9 +47,20 @@ class Message:
             raise SampleError("bad_role", f"unknown role {self.role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(self.content, str):
             raise SampleError("bad_type", f"message content must be a string, got {type(self.content).__name__}")
+        if not self.content.isascii():
+            try:
+                self.content.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON allows "\ud800"; a tokenizer given one raises a TypeError
+                raise SampleError(
+                    "bad_text",
+                    f"{self.role} text holds a lone surrogate {e.object[e.start : e.end]!r} at character {e.start}, "
+                    "which is not valid Unicode (a broken \\ud800-style escape in the data?)",
+                ) from None
         if self.role != "user" and IMAGE_TOKEN in self.content:
+            article = "an" if self.role == "assistant" else "a"
             raise SampleError(
-                "image_in_non_user_turn", f"{IMAGE_TOKEN} may only appear in user turns, found in a {self.role} turn"
+                "image_in_non_user_turn",
+                f"{IMAGE_TOKEN} may only appear in user turns, found in {article} {self.role} turn",
             )
 
 

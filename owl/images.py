@@ -20,11 +20,15 @@ than clipped to white.
 
 Untrusted images: a pixel cap is checked from the header before decoding, and
 every failure becomes a ``SampleError`` with a reason (``missing_image``,
-``bad_image``, ``image_too_large``) so a long run skips and counts it.
+``bad_image``, ``image_too_large``) so a long run skips and counts it. Data PIL cannot identify is
+described from its first bytes (empty, text, HTML, SVG, PDF, zip, a damaged
+header) rather than by PIL's "cannot identify <BytesIO object>", and EPS is
+refused: PIL would run Ghostscript on it.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import math
 import warnings
@@ -33,12 +37,55 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from owl.conversation import ImageSource, SampleError
 from owl.errors import ConfigError
 
 _ORIENTATION = 0x0112  # the EXIF tag
+
+_REFUSED_FORMATS = frozenset({"EPS"})
+"""Formats PIL decodes by running an external interpreter (Ghostscript) on the file: never for untrusted input."""
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG", "a PNG signature but a header PIL cannot parse: damaged, cut short, or a zero width or height"),
+    (b"\xff\xd8", "a JPEG signature but a header PIL cannot parse: damaged, cut short, or a zero width or height"),
+    (b"GIF8", "a GIF signature but a header PIL cannot parse"),
+    (b"BM", "a BMP signature but a header PIL cannot parse: damaged, cut short, or a zero width or height"),
+    (b"RIFF", "a RIFF container (WebP?) whose header PIL cannot parse: damaged or cut short"),
+    (b"II*\x00", "a TIFF signature but a header PIL cannot parse: damaged or cut short"),
+    (b"MM\x00*", "a TIFF signature but a header PIL cannot parse: damaged or cut short"),
+    (b"%PDF", "a PDF document, not an image"),
+    (b"PK\x03\x04", "a zip archive, not an image"),
+    (b"\x1f\x8b", "gzip-compressed data, not an image"),
+)
+
+
+def _describe(src: str | Path | bytes | bytearray) -> str:
+    """What data PIL could not identify looks like, from its first bytes, for the error message."""
+    try:
+        if isinstance(src, (bytes, bytearray)):
+            head = bytes(src[:512])
+        else:
+            with open(src, "rb") as f:
+                head = f.read(512)
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if not head:
+        return "an empty file, 0 bytes"
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if b"<svg" in lowered:
+        return "an SVG (vector) image, which owl does not rasterise: convert it to PNG"
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not an image (a download that returned an error page?)"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: a character cut at byte 512 is fine
+    except UnicodeDecodeError:
+        return f"unknown binary data starting {head[:8]!r}"
+    return f"text, not an image: {head[:40].decode('utf-8', 'replace')!r}"
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -113,8 +160,16 @@ class ImageTransform:
                 img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
             except Image.DecompressionBombError as e:  # PIL's own header check (over 2x its pixel limit)
                 raise SampleError("image_too_large", f"image {name}: {e}") from e
-            except Exception as e:  # PIL raises many types for bad data
-                raise SampleError("bad_image", f"cannot read image {name}: {e}") from e
+            except Exception as e:  # PIL raises many types for bad data, in words that do not say what the data is
+                # (UnidentifiedImageError names a BytesIO object; a cut WebP "could not create decoder object")
+                what = "cannot identify image file" if isinstance(e, UnidentifiedImageError) else str(e)
+                raise SampleError("bad_image", f"cannot read image {name}: {what} ({_describe(src)})") from e
+            if img.format in _REFUSED_FORMATS:
+                raise SampleError(
+                    "bad_image",
+                    f"image {name} is {img.format} (PostScript), which PIL decodes by running Ghostscript; "
+                    "untrusted PostScript is not run: convert it to PNG or JPEG",
+                )
         w, h = img.size
         if w * h > self.max_pixels:
             raise SampleError("image_too_large", f"image {name} has {w}x{h} pixels, over the cap of {self.max_pixels}")

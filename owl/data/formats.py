@@ -283,6 +283,8 @@ def image_path(item: str, image_root: str) -> str:
     root once ``..`` and symlinks are resolved: a data file (or an ``owl generate`` line) names images only under
     the folder it was given, so a line like ``../../home/me/.ssh/id_rsa`` reads nothing. To use images elsewhere,
     set the image root to a folder that holds them (``/`` allows any path)."""
+    if "\0" in item:  # the OS cannot name such a file, and os.path.realpath raises ValueError on it
+        raise SampleError("bad_type", f"image path {item[:80]!r} contains a NUL byte: it cannot name a file")
     path = os.path.abspath(os.path.join(image_root, os.path.expanduser(item)))
     real, root = os.path.realpath(path), os.path.realpath(image_root)
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):

@@ -123,7 +123,7 @@ class Skipped:
     """A record that could not become a Sample, yielded in its place so it can be counted.
 
     ``reason`` is a short key (``malformed_json``, ``bad_type``, ``missing_field``,
-    ``image_count_mismatch``, ``missing_image``, ``empty``, ...); ``where`` points
+    ``image_count_mismatch``, ``missing_image``, ``image_outside_root``, ``bad_text``, ``empty``, ...); ``where`` points
     at the record (``file.jsonl:17``, ``file.json[3]``, ``shard-00001.tar:000123``).
     """
 

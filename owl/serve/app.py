@@ -69,7 +69,7 @@ def create_app(
         processor.images.max_pixels = settings.max_image_pixels
     engine = engine or Engine(model, processor, settings.max_running, settings.max_queue, settings.max_prefill_tokens)
     started = int(time.time())
-    http_counts = {"http_requests": 0, "http_4xx": 0, "http_503": 0}
+    http_counts = {"http_requests": 0, "http_4xx": 0, "http_5xx": 0, "http_503": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +113,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, e: Exception) -> JSONResponse:
+        # Starlette sends this answer from outside every middleware, so StatusCounter never sees it: count it here
+        http_counts["http_requests"] += 1
+        http_counts["http_5xx"] += 1
         return ApiError(500, f"internal error: {type(e).__name__}", None, "internal_error").response()
 
     def check_key(request: Request) -> None:
@@ -215,9 +218,11 @@ class StatusCounter:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 self.counts["http_requests"] += 1
-                key = "http_503" if status == 503 else "http_4xx" if 400 <= status < 500 else None
-                if key:
-                    self.counts[key] += 1
+                if 400 <= status < 500:
+                    self.counts["http_4xx"] += 1
+                elif status >= 500:
+                    self.counts["http_5xx"] += 1
+                    self.counts["http_503"] += status == 503
             await send(message)
 
         await self.app(scope, receive, counting_send)
@@ -251,8 +256,8 @@ async def read_json(request: Request, limit: int) -> object:
                            "request_too_large")  # fmt: skip
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the body is not valid JSON: {e}", None, "invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's 4300-digit limit
+        raise bad_request(f"the body is not valid JSON: {str(e)[:200]}", None, "invalid_json") from None
     except RecursionError:  # "[[[[..." within the size cap: Python's parser gives up; so do we, politely
         raise bad_request("the body's JSON is nested too deeply", None, "invalid_json") from None
 

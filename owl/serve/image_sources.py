@@ -91,16 +91,27 @@ def read_local(url: str, settings: ServeSettings, param: str) -> bytes:
             param,
             "image_url_not_allowed",
         )
-    raw = unquote(urlparse(url).path) if url.startswith("file://") else url
-    path = Path(raw)
-    path = (path if path.is_absolute() else Path(root) / path).resolve()
-    if not path.is_relative_to(root):
+    raw = unquote(urlparse(url).path) if url[:7].lower() == "file://" else url
+    if "\0" in raw:  # no file has such a name, and the OS calls below raise ValueError on it
+        raise bad_request("the image path contains a NUL byte", param, "invalid_image_url")
+    try:  # the OS may refuse the name itself: too long (ENAMETOOLONG), a symlink loop (RuntimeError before 3.13)
+        path = Path(raw)
+        path = (path if path.is_absolute() else Path(root) / path).resolve()
+        inside = path.is_relative_to(root)
+        found = inside and path.is_file()
+    except (OSError, RuntimeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "a symlink loop"
+        raise bad_request(f"no readable image file at that path ({why})", param, "image_not_found") from None
+    if not inside:
         raise ApiError(403, "the image path is outside the directory this server may read", param, "image_path_denied")
-    if not path.is_file():
+    if not found:
         raise bad_request("no image file at that path", param, "image_not_found")
-    if path.stat().st_size > settings.max_image_bytes:
-        raise _too_large(param, settings.max_image_bytes)
-    return path.read_bytes()
+    try:
+        if path.stat().st_size > settings.max_image_bytes:
+            raise _too_large(param, settings.max_image_bytes)
+        return path.read_bytes()
+    except OSError as e:  # unreadable (permissions) or gone since the check
+        raise bad_request(f"cannot read the image file ({e.strerror})", param, "image_not_found") from None
 
 
 async def load_image(url: str, settings: ServeSettings, client: httpx.AsyncClient | None, param: str) -> bytes:

@@ -106,7 +106,7 @@ def _messages(raw: Any) -> list[Turn]:
         where = f"messages[{i}]"
         _expect(m, (dict,), where, "a message object")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object role is unhashable: check the type
             raise bad_request(f"{where}.role {role!r} is not supported (system, developer, user, assistant)", where)
         content = m.get("content")
         if content is None and role == "assistant":
