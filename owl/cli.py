@@ -261,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="full",
         choices=["full", "long", "quick"],  # owl.world.recipes.PROFILES
-        help="full: SmolLM2-135M + pretrained CNN (10-25 min on 2 cores, by CPU); long: the same with 450 + 120 "
-        "steps (24-55 min), the model that begins to see; quick: tiny random LLM (<1 min)",
+        help="full: SmolLM2-135M + pretrained CNN (10-25 min on 2 cores, by CPU); long: 750 + 180 "
+        "steps at half the stage-1 lr (~36 min on a bf16 CPU, longer without), the model that "
+        "begins to see; quick: tiny random LLM (<1 min)",
     )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     d.add_argument("--seed", type=int, default=0)
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="overrides for both stages' recipes; world.KEY=VALUE for the world spec (e.g. world.n_eval=720)",
+        help="overrides for both stages' recipes; stage1.KEY=VALUE or stage2.KEY=VALUE for one stage; "
+        "world.KEY=VALUE for the world spec (e.g. world.n_eval=720 stage1.optim.lr=5e-4)",
     )
     d.set_defaults(func=cmd_demo)
 

@@ -95,6 +95,10 @@ class AbstractorConfig:
     # released code) or "image-through" (variance-preserving value/output projections, so the visual tokens carry the
     # image from step 0 instead of being ~the normalised queries; see owl/models/abstractor.py).
     init: str = "reference"
+    # RMS-normalise the visual tokens, with a learned per-channel gain that starts at the RMS of the LLM's own word
+    # embeddings (set when the model is built). Off in the reference. A freshly trained linear output drifts to ~10x
+    # the scale of word embeddings, where a frozen LLM's layers barely move those positions (benchmarks/NOTES.md §11).
+    output_norm: bool = False
 
     def __post_init__(self) -> None:
         _check(

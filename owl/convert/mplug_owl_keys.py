@@ -247,6 +247,11 @@ def reference_config_from_owl(cfg: OwlConfig) -> dict[str, Any]:
             f"abstractor.hidden_size={a.hidden_size} differs from the vision width {v.hidden_size}; the reference "
             "abstractor has no input projection, so this model has no mPLUG-Owl layout"
         )
+    if a.output_norm:
+        raise CheckpointError(
+            "abstractor.output_norm=true: the reference abstractor has no output norm, so this model has no "
+            "mPLUG-Owl layout (train with output_norm false to convert)"
+        )
     if a.layer_norm_eps != 1e-5:
         raise CheckpointError(f"abstractor.layer_norm_eps={a.layer_norm_eps}: the reference hard-codes 1e-5")
     text = dict(cfg.llm.hf_config)

@@ -85,6 +85,7 @@ class VisualAbstractor(nn.Module):
         self.layers = nn.ModuleList([AbstractorLayer(cfg) for _ in range(cfg.num_layers)])
         self.visual_fc = nn.Linear(h, llm_width)
         self.vit_eos = nn.Parameter(torch.zeros(1, 1, llm_width))
+        self.out_norm = nn.RMSNorm(llm_width, eps=cfg.layer_norm_eps) if cfg.output_norm else None
         self.reset_parameters()
         if cfg.init == "image-through":
             self.let_image_through()
@@ -106,6 +107,16 @@ class VisualAbstractor(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.query_tokens, std=std)
         nn.init.normal_(self.vit_eos, std=std)
+        if self.out_norm is not None:
+            nn.init.ones_(self.out_norm.weight)
+
+    @torch.no_grad()
+    def match_word_scale(self, word_embeddings: torch.Tensor) -> None:
+        """Start the output gain at the RMS of the LLM's word embeddings, so visual tokens enter the LLM at the
+        scale its layers expect of a token (a no-op without ``output_norm``)."""
+        if self.out_norm is not None and not word_embeddings.is_meta:  # meta: shapes only, nothing to measure
+            rms = word_embeddings.detach().float().pow(2).mean().sqrt()
+            self.out_norm.weight.fill_(float(rms))
 
     @torch.no_grad()
     def let_image_through(self) -> None:
@@ -136,4 +147,5 @@ class VisualAbstractor(nn.Module):
             x = layer(x, image)
         x = self.visual_fc(x)  # (N, Q, D)
         eos = self.vit_eos.expand(x.shape[0], -1, -1)  # (N, 1, D)
-        return torch.cat([x, eos], dim=1)  # (N, Q+1, D)
+        x = torch.cat([x, eos], dim=1)  # (N, Q+1, D)
+        return x if self.out_norm is None else self.out_norm(x)

@@ -206,6 +206,7 @@ def build_model(
     else:
         llm = build_llm(config.llm)
     abstractor = VisualAbstractor(config.abstractor, vision.hidden_size, config.llm.hidden_size)
+    abstractor.match_word_scale(llm.get_input_embeddings().weight)
     model = OwlModel(config, vision, abstractor, llm)
     if tokenizer is not None:
         align_special_tokens(model, tokenizer)

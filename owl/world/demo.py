@@ -34,12 +34,20 @@ def load_profile(
     profile: str, out: Path, seed: int, overrides: list[str] | None
 ) -> tuple[WorldSpec, TrainConfig, TrainConfig]:
     """The world spec and both stages' recipes of ``profile``, writing under ``out`` (``world.KEY=V`` overrides
-    go to the world spec, the rest to both recipes)."""
+    go to the world spec, ``stage1.KEY=V`` / ``stage2.KEY=V`` to one stage's recipe, the rest to both)."""
     world_over, recipe_over = split_overrides(overrides)
     spec = load_world_spec(recipe_file(profile, "world.yaml"), world_over)
-    world, common = out / "world", [f"seed={seed}", *recipe_over]
-    s1 = load_recipe(profile, "stage1", world, [f"output_dir={out / 'stage1'}", *common])
-    s2 = load_recipe(profile, "stage2", world, [f"output_dir={out / 'stage2'}", f"init_from={out / 'stage1'}", *common])
+    stages = ("stage1", "stage2")
+    only = {s: [o[len(s) + 1 :] for o in recipe_over if o.startswith(f"{s}.")] for s in stages}
+    world = out / "world"
+    common = [f"seed={seed}", *(o for o in recipe_over if not o.startswith(tuple(f"{s}." for s in stages)))]
+    s1 = load_recipe(profile, "stage1", world, [f"output_dir={out / 'stage1'}", *common, *only["stage1"]])
+    s2 = load_recipe(
+        profile,
+        "stage2",
+        world,
+        [f"output_dir={out / 'stage2'}", f"init_from={out / 'stage1'}", *common, *only["stage2"]],
+    )
     return spec, s1, s2
 
 

@@ -135,3 +135,32 @@ def test_image_through_init_lets_the_image_dominate_the_visual_tokens():
     assert ratios["reference"] > 100 * ratios["image-through"] / 2 and ratios["image-through"] < 20
     with pytest.raises(ValueError, match="abstractor.init"):
         AbstractorConfig(init="zeros")
+
+
+def test_output_norm_puts_visual_tokens_at_the_scale_of_the_llms_word_embeddings(tmp_path):
+    """With ``output_norm`` every visual token's RMS starts at the word embeddings' RMS, whatever the image's
+    scale; without it the tokens' scale follows the input. The gain is a parameter (it trains and saves)."""
+    from owl.config import preset
+    from owl.models import build_model
+
+    config = preset("tiny")
+    config.abstractor.output_norm = True
+    model, _, _ = build_model(config)
+    words = model.llm.get_input_embeddings().weight
+    target = words.pow(2).mean().sqrt().item()
+    with torch.no_grad():
+        for scale in (0.1, 1.0, 30.0):
+            feats = scale * torch.randn(3, 5, model.vision.hidden_size)
+            rms = model.abstractor(feats).pow(2).mean(-1).sqrt()
+            assert rms.shape == (3, config.abstractor.num_visual_tokens)
+            assert torch.allclose(rms, torch.full_like(rms, target), rtol=0.03), (scale, rms, target)  # eps
+    assert "abstractor.out_norm.weight" in dict(model.named_parameters())
+    from owl.models import load_model, save_pretrained
+
+    with torch.no_grad():
+        model.abstractor.out_norm.weight.mul_(1.5)  # as if trained: the loaded gain is the saved one
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert torch.equal(loaded.abstractor.out_norm.weight, model.abstractor.out_norm.weight)
+    plain, _, _ = build_model(preset("tiny"))
+    assert not any("out_norm" in n for n, _ in plain.named_parameters())

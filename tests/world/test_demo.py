@@ -32,10 +32,20 @@ def test_quick_demo_then_chat_and_eval(tmp_path):
     assert set(scores) == {"colour", "text", "overall"} and scores["colour"]["n"] == 4
 
 
+def test_stage_prefixed_overrides_reach_one_stage_only(tmp_path):
+    from owl.world.demo import load_profile
+
+    over = ["stage1.optim.lr=2e-4", "stage2.train.max_steps=7", "train.log_every=3", "world.n_eval=24"]
+    spec, s1, s2 = load_profile("full", tmp_path, 0, over)
+    assert s1.optim.lr == 2e-4 and s2.optim.lr != 2e-4
+    assert s2.train.max_steps == 7 and s1.train.max_steps != 7
+    assert s1.train.log_every == s2.train.log_every == 3 and spec.n_eval == 24
+
+
 def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
     """The shipped recipes parse (no model is built): stage 1 reads the one-object and the 1-4-object captions,
-    stage 2 keeps the captions next to the instructions, and the long profile is the full one with more stage-1
-    steps."""
+    stage 2 keeps the captions next to the instructions, and the long profile is the full one with more steps,
+    half the stage-1 lr and the abstractor kept frozen in stage 2."""
     from dataclasses import asdict
 
     from owl.world.demo import load_profile
@@ -48,9 +58,13 @@ def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
     assert s1.data.sources[1].path == str(tmp_path / "f" / "world" / "captions_single.jsonl")
     assert {s.name for s in s2.data.sources} == {"multimodal", "text", "captions"}
     assert s1.schedule.name == "constant" and s2.init_from == str(tmp_path / "f" / "stage1")
-    assert long[1].train.max_steps > s1.train.max_steps
+    assert long[1].train.max_steps > s1.train.max_steps and long[2].train.max_steps > s2.train.max_steps
+    assert long[1].optim.lr == s1.optim.lr / 2 and long[1].optim.lr_groups["vision"] == s1.optim.lr_groups["vision"] / 2
+    assert (long[2].trainable.abstractor, long[2].trainable.queries) == ("frozen", "frozen")  # stage 1 left it reading
     for a, b in ((s1, long[1]), (s2, long[2])):
         da, db = asdict(a), asdict(b)
         for d in (da, db):
             d.pop("output_dir"), d.pop("init_from"), d["data"].pop("sources"), d["train"].pop("max_steps")
+            d["optim"].pop("lr"), d["optim"].pop("lr_groups")
+            d["trainable"].pop("abstractor"), d["trainable"].pop("queries")
         assert da == db
