@@ -38,3 +38,16 @@ def png_claiming(w: int, h: int, depth: int = 8) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def chat_user(*parts: object) -> dict:
+    """A chat-completions body with one user message made of ``parts`` (any values: the fuzz tests send bad ones)."""
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+def text_part(t: object) -> dict:
+    return {"type": "text", "text": t}
+
+
+def image_part(url: object) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}

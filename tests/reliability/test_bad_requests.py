@@ -19,7 +19,10 @@ from PIL import Image
 from owl.serve.app import create_app
 from owl.serve.openai_api import MAX_STOPS
 from owl.serve.settings import ServeSettings
+from tests.helpers import chat_user as user
+from tests.helpers import image_part as image
 from tests.helpers import png_claiming, random_image
+from tests.helpers import text_part as text
 from tests.serve.models import make
 
 KIB = 1024
@@ -39,18 +42,6 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 
 GOOD_IMAGE = data_url(_png(random_image(0)))
 NOISE = _png(Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3)))  # ~12 KiB, incompressible
-
-
-def user(*parts: object) -> dict:
-    return {"messages": [{"role": "user", "content": list(parts)}]}
-
-
-def text(t: object) -> dict:
-    return {"type": "text", "text": t}
-
-
-def image(url: object) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 HI = {"messages": [{"role": "user", "content": "Hi"}]}
