@@ -45,7 +45,7 @@ def test_stage_prefixed_overrides_reach_one_stage_only(tmp_path):
 def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
     """The shipped recipes parse (no model is built): stage 1 reads the one-object and the 1-4-object captions,
     stage 2 keeps the captions next to the instructions, and the long profile is the full one with more steps,
-    half the stage-1 lr and the abstractor kept frozen in stage 2."""
+    half the stage-1 lr, the 8x8 feature grid (EfficientNet block 10) and the abstractor kept frozen in stage 2."""
     from dataclasses import asdict
 
     from owl.world.demo import load_profile
@@ -61,10 +61,13 @@ def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
     assert long[1].train.max_steps > s1.train.max_steps and long[2].train.max_steps > s2.train.max_steps
     assert long[1].optim.lr == s1.optim.lr / 2 and long[1].optim.lr_groups["vision"] == s1.optim.lr_groups["vision"] / 2
     assert (long[2].trainable.abstractor, long[2].trainable.queries) == ("frozen", "frozen")  # stage 1 left it reading
+    grids = [p.model.overrides["vision"]["feature_block"] for p in (s1, long[1])]
+    assert grids == [None, 10]  # the long profile reads EfficientNet's 8x8 block-10 grid, the full one its 4x4 head
     for a, b in ((s1, long[1]), (s2, long[2])):
         da, db = asdict(a), asdict(b)
         for d in (da, db):
             d.pop("output_dir"), d.pop("init_from"), d["data"].pop("sources"), d["train"].pop("max_steps")
             d["optim"].pop("lr"), d["optim"].pop("lr_groups")
             d["trainable"].pop("abstractor"), d["trainable"].pop("queries")
+            d["model"]["overrides"].get("vision", {}).pop("feature_block", None)
         assert da == db
