@@ -37,10 +37,10 @@ def load_profile(
     go to the world spec, ``stage1.KEY=V`` / ``stage2.KEY=V`` to one stage's recipe, the rest to both)."""
     world_over, recipe_over = split_overrides(overrides)
     spec = load_world_spec(recipe_file(profile, "world.yaml"), world_over)
-    stages = ("stage1", "stage2")
-    only = {s: [o[len(s) + 1 :] for o in recipe_over if o.startswith(f"{s}.")] for s in stages}
+    prefixes = ("stage1.", "stage2.")
+    only = {p[:-1]: [o[len(p) :] for o in recipe_over if o.startswith(p)] for p in prefixes}
     world = out / "world"
-    common = [f"seed={seed}", *(o for o in recipe_over if not o.startswith(tuple(f"{s}." for s in stages)))]
+    common = [f"seed={seed}", *(o for o in recipe_over if not o.startswith(prefixes))]
     s1 = load_recipe(profile, "stage1", world, [f"output_dir={out / 'stage1'}", *common, *only["stage1"]])
     s2 = load_recipe(
         profile,
