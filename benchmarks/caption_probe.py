@@ -34,8 +34,9 @@ def score(scene: Scene, text: str) -> dict[str, float]:
         colour += o.colour in low
         shape += o.kind in low
         pair += f"{o.colour} {o.kind}" in low
-        place += f"{o.kind} {where_phrase(o.position)}" in low
-        whole += f"{o.size} {o.colour} {o.kind} {where_phrase(o.position)}" in low
+        where = where_phrase(o.position)  # either order: "circle at the top" or "at the top a small red circle"
+        place += f"{o.kind} {where}" in low or re.search(rf"\b{where} an? \w+ \w+ {o.kind}\b", low) is not None
+        whole += f"{o.size} {o.colour} {o.kind} {where}" in low or f"{where} a {o.size} {o.colour} {o.kind}" in low
     out |= {"colour": colour / n, "shape": shape / n, "colour+shape": pair / n, "shape+position": place / n}
     out["whole object"] = whole / n
     if scene.word:

@@ -82,6 +82,8 @@ def build_world(
     n_captions_single: int = 0,
     ability_weights: Mapping[str, float] | None = None,
     qa_per_image: int = 1,
+    balance_answers: float = 0.0,
+    caption_position_first: float = 0.0,
     progress: bool | None = None,
 ) -> dict:
     """Generate and write a world; returns the manifest (also written as ``manifest.json``).
@@ -89,7 +91,9 @@ def build_world(
     ``ability_weights`` sets the share of each image ability in ``instruct.jsonl``
     (default: all equal) and ``qa_per_image`` how many questions each of its single-scene
     images carries (see :func:`owl.world.generate.packed_item`); the eval split always covers
-    every supported ability, text included, equally, one question per item.
+    every supported ability, text included, equally, one question per item. ``balance_answers`` caps how
+    often one answer is taught per question type (see :class:`owl.world.generate.AnswerBalancer`);
+    ``caption_position_first`` the share of captions that name each object place first (:func:`caption`).
     ``n_captions_single`` adds ``captions_single.jsonl``: captions of one-object scenes (images ``one_*.png``),
     the easy end of a stage-1 curriculum (a frozen LLM learns to read one object in ~100 steps, four in
     several hundred; benchmarks/NOTES.md); their scenes are training scenes, so the eval split avoids them too.
@@ -105,6 +109,8 @@ def build_world(
     ):
         if not isinstance(n, int) or n < 0:
             raise ConfigError(f"{name}={n!r} must be an int >= 0")
+    if not isinstance(caption_position_first, int | float) or not 0 <= caption_position_first <= 1:
+        raise ConfigError(f"caption_position_first={caption_position_first!r} must be a share in [0, 1]")
     out = Path(out_dir)
     caption_images, instruct_images, eval_images = _Images(""), _Images("inst_"), _Images("eval_")
     single_images = _Images("one_")
@@ -113,16 +119,22 @@ def build_world(
     captions = []
     for _ in range(n_captions):
         scene = sample_scene(rng, config)
-        captions.append({"image": caption_images.add(scene), "caption": caption(scene, rng)})
+        captions.append({"image": caption_images.add(scene), "caption": caption(scene, rng, caption_position_first)})
     rng = _stream(seed, "captions-single")  # its own stream: the other files stay as they were without it
     captions_single = []
     for _ in range(n_captions_single):
         scene = sample_scene(rng, config, n_objects=1)
-        captions_single.append({"image": single_images.add(scene), "caption": caption(scene, rng)})
+        text = caption(scene, rng, caption_position_first)
+        captions_single.append({"image": single_images.add(scene), "caption": text})
 
     weights = ability_weights or {a: 1.0 for a in supported_abilities(config) if a != "text"}
     instruct_items = generate_items(
-        config, _stream(seed, "instruct"), n_instructions, weights=weights, qa_per_image=qa_per_image
+        config,
+        _stream(seed, "instruct"),
+        n_instructions,
+        weights=weights,
+        qa_per_image=qa_per_image,
+        balance_answers=balance_answers,
     )
     instruct = _reference_lines(instruct_items, instruct_images)
     texts = TextSampler(_stream(seed, "text"), "train")

@@ -35,6 +35,11 @@ def object_phrase(obj: SceneObject) -> str:
     return f"a {obj.size} {obj.colour} {obj.kind} {where_phrase(obj.position)}"
 
 
+def located_phrase(obj: SceneObject) -> str:
+    """'at the top left a large red circle': the position first, so the reader looks up a place, then names it."""
+    return f"{where_phrase(obj.position)} a {obj.size} {obj.colour} {obj.kind}"
+
+
 def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -52,10 +57,16 @@ _WORD_FRAMES = (
 )
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """A caption naming the count, every object (size, colour, shape, position) and the word."""
+def caption(scene: Scene, rng: random.Random, position_first: float = 0.0) -> str:
+    """A caption naming the count, every object (size, colour, shape, position) and the word.
+
+    With probability ``position_first`` each object is named place first ("at the top left a large red circle"):
+    a caption read that way asks the visual tokens "what is here?", the lookup a question about a place needs,
+    where the usual order only asks "what comes next?". At 0 no extra random draw is made (captions unchanged).
+    """
     n = len(scene.objects)
-    listed = join_and([object_phrase(o) for o in sorted(scene.objects, key=lambda o: o.cell)])
+    phrase = located_phrase if position_first > 0 and rng.random() < position_first else object_phrase
+    listed = join_and([phrase(o) for o in sorted(scene.objects, key=lambda o: o.cell)])
     frame = rng.choice(_COUNT_FRAMES)
     text = frame.format(
         Count=_capitalise(number_word(n)),

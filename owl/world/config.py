@@ -160,4 +160,6 @@ class WorldSpec:
     n_captions_single: int = 0  # captions of one-object scenes (captions_single.jsonl), for a stage-1 curriculum
     ability_weights: dict[str, float] = field(default_factory=dict)  # share of each ability in instruct.jsonl
     qa_per_image: int = 1  # questions per instruct.jsonl image for the single-scene abilities (owl.world.generate)
+    caption_position_first: float = 0.0  # share of captions naming each object place first (owl.world.captions)
+    balance_answers: float = 0.0  # >= 1: cap each answer's share per question type in instruct.jsonl (AnswerBalancer)
     config: dict[str, Any] = field(default_factory=dict)  # extra WorldConfig fields, e.g. {max_objects: 1}

@@ -7,6 +7,7 @@ shuffled, so a split of n items has the same per-ability counts for every seed.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from owl.errors import ConfigError
@@ -48,6 +49,44 @@ def allocate(n: int, weights: Mapping[str, float]) -> list[str]:
     return [a for a in weights for _ in range(counts[a])]
 
 
+class AnswerBalancer:
+    """Caps how often one answer may be taught for a question type (training data only).
+
+    Natural scenes make some answers common ("1" is the answer to most "How many red shapes?"), and a
+    model can score on them without looking. With ``max_share`` = r, an item whose answer already
+    holds more than r times its fair share (1 / number of possible answers) among the items of its task
+    is rejected and redrawn; rare answers are never forced (a redraw budget runs out and the item is
+    kept), so the cap bounds the prior without distorting the scenes. ``max_share`` <= 0 admits all.
+    """
+
+    def __init__(self, max_share: float = 0.0) -> None:
+        if not isinstance(max_share, int | float) or max_share < 0 or 0 < max_share < 1:
+            raise ConfigError(f"balance_answers={max_share!r}: use 0 (off) or a share cap >= 1, e.g. 1.5")
+        self.max_share = float(max_share)
+        self.counts: dict[str, Counter[str]] = {}
+
+    def admits(self, item: WorldItem) -> bool:
+        choices = item.scorer.get("choices") or []
+        if self.max_share <= 0 or len(choices) < 2:
+            return True
+        seen = self.counts.get(item.task, Counter())
+        fair = (sum(seen.values()) + 1) / len(choices)
+        return seen[str(item.answer)] + 1 <= self.max_share * fair + 1
+
+    def add(self, item: WorldItem) -> None:
+        self.counts.setdefault(item.task, Counter())[str(item.answer)] += 1
+
+
+def balanced(draw: Callable[[], WorldItem], balancer: AnswerBalancer, tries: int = 200) -> WorldItem:
+    """The first of up to ``tries`` draws that ``balancer`` admits (else the last), recorded in it."""
+    for _ in range(tries):
+        item = draw()
+        if balancer.admits(item):
+            break
+    balancer.add(item)
+    return item
+
+
 class _Unfit(Exception):
     """The pinned scene cannot serve this question (wrong object count, no word, a needed unique object missing)."""
 
@@ -79,14 +118,16 @@ class PinnedSampler(SceneSampler):
         return s
 
 
-def packed_item(sampler: SceneSampler, weights: Mapping[str, float], k: int) -> WorldItem:
+def packed_item(
+    sampler: SceneSampler, weights: Mapping[str, float], k: int, balancer: AnswerBalancer | None = None
+) -> WorldItem:
     """Up to ``k`` different questions about one scene as one multi-turn item (training data only).
 
     Each question costs its own tokens but the image's visual tokens, the system prompt and the first
     turn's markers are paid once, so a step teaches ~``k`` answers for the price of ~2: more supervised
     answers per visual ability within a fixed compute budget. Abilities are drawn by ``weights`` among the
     single-scene ones (:data:`owl.world.tasks_visual.GENERATORS`); a question the scene cannot serve
-    (e.g. OCR on a scene without a word) is redrawn.
+    (e.g. OCR on a scene without a word) is redrawn, and so is one whose answer ``balancer`` rejects.
     """
     rng = sampler.rng
     names = [a for a in weights if a in GENERATORS and weights[a] > 0]
@@ -95,7 +136,7 @@ def packed_item(sampler: SceneSampler, weights: Mapping[str, float], k: int) -> 
     turns: list[tuple[str, str]] = []
     first: WorldItem | None = None
     used: set[str] = set()
-    for _ in range(16 * k):
+    for attempt in range(16 * k):
         if len(turns) == k:
             break
         ability = rng.choices(names, weights=[weights[a] for a in names])[0]
@@ -107,6 +148,10 @@ def packed_item(sampler: SceneSampler, weights: Mapping[str, float], k: int) -> 
             continue
         if any(q == item.turns[0][0] for q, _ in turns):
             continue
+        if balancer is not None:
+            if not balancer.admits(item) and (turns or attempt < 12 * k):  # the scene must still get a question
+                continue
+            balancer.add(item)
         first = first or item
         used.add(ability)
         turns += item.turns
@@ -123,13 +168,16 @@ def generate_items(
     split: str = "train",
     exclude: set[Scene] | None = None,
     qa_per_image: int = 1,
+    balance_answers: float = 0.0,
 ) -> list[WorldItem]:
     """``n`` items, abilities in proportion to ``weights`` (default: every supported ability equally).
 
     ``split`` picks the text-fact half ("train"/"eval"); ``exclude`` holds scenes no item
     may show (the eval split passes every training scene). ``qa_per_image`` > 1 turns each
     single-scene visual item into a :func:`packed_item` of that many questions about one scene
-    (training data; the eval split always has one question per item).
+    (training data; the eval split always has one question per item). ``balance_answers`` > 0 caps each
+    answer's share per question type (:class:`AnswerBalancer`; training data only, the eval split keeps
+    the world's natural answers).
     """
     if not isinstance(qa_per_image, int) or qa_per_image < 1:
         raise ConfigError(f"qa_per_image={qa_per_image!r} must be an int >= 1")
@@ -145,16 +193,17 @@ def generate_items(
     rng.shuffle(abilities)
     sampler = SceneSampler(rng, config, exclude)
     texts = TextSampler(rng, split)
+    balancer = AnswerBalancer(balance_answers)
     items = []
     for ability in abilities:
         if ability == "text":
             items.append(texts.draw())
         elif qa_per_image > 1 and ability in GENERATORS:
-            items.append(packed_item(sampler, weights, qa_per_image))
+            items.append(packed_item(sampler, weights, qa_per_image, balancer))
         else:
             generate = _generator(ability, config)
             assert generate is not None
-            items.append(generate(sampler))
+            items.append(balanced(lambda g=generate: g(sampler), balancer))
     return items
 
 

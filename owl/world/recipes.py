@@ -63,6 +63,8 @@ def build_from_spec(out: str | Path, spec: WorldSpec, progress: bool | None = No
         n_captions_single=spec.n_captions_single,
         ability_weights=spec.ability_weights or None,
         qa_per_image=spec.qa_per_image,
+        balance_answers=spec.balance_answers,
+        caption_position_first=spec.caption_position_first,
         progress=progress,
     )
     (out / STAMP).write_text(_spec_json(spec))

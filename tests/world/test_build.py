@@ -186,6 +186,41 @@ def test_packed_instructions_ask_several_questions_about_one_image(tmp_path):
         generate_items(WorldConfig(), random.Random(0), 5, qa_per_image=0)
 
 
+def test_balanced_answers_cap_the_prior_without_changing_the_default(tmp_path):
+    """balance_answers=1.5: no answer of a question type is taught more than 1.5x its fair share (plus one), where
+    natural scenes make "1" the answer to ~70% of "How many red shapes?"; 0 leaves the items byte for byte as they
+    were, and packed items are balanced per question."""
+    import random
+    from collections import Counter
+
+    from owl.world.generate import AnswerBalancer, generate_items
+
+    def shares(items):
+        c: dict[str, Counter] = {}
+        for it in items:
+            c.setdefault(it.task, Counter())[str(it.answer)] += 1
+        return c
+
+    natural = generate_items(WorldConfig(), random.Random(0), 1200)
+    off = generate_items(WorldConfig(), random.Random(0), 1200, balance_answers=0)
+    assert [(it.turns, it.scenes) for it in natural] == [(it.turns, it.scenes) for it in off]
+    nat = shares(natural)["count_colour"]
+    assert nat["1"] / sum(nat.values()) > 0.5  # the prior the balancer exists for
+    balanced = generate_items(WorldConfig(), random.Random(0), 1200, balance_answers=1.5)
+    choices = {it.task: len(it.scorer["choices"]) for it in balanced if it.ability != "text"}  # text is not balanced
+    for task, counts in shares(it for it in balanced if it.task in choices).items():
+        assert max(counts.values()) <= 1.5 * sum(counts.values()) / choices[task] + 1, (task, counts)
+    b = AnswerBalancer(1.5)
+    packed = generate_items(WorldConfig(), random.Random(1), 300, qa_per_image=3, balance_answers=1.5)
+    assert all(len(it.turns) >= 1 for it in packed)
+    for bad in (0.5, -1, "x"):
+        with pytest.raises(ValueError, match="balance_answers"):
+            AnswerBalancer(bad)  # type: ignore[arg-type]
+    assert b.admits(natural[0])
+    with pytest.raises(ValueError, match="caption_position_first=2"):
+        build_world(tmp_path, WorldConfig(), n_captions=1, caption_position_first=2, progress=False)
+
+
 def test_single_object_captions_for_the_curriculum(world, tmp_path):
     """n_captions_single adds one-object captions from a stream of their own: the other training files keep their
     bytes, the captions name exactly one shape, and no held-out image equals one of their images."""

@@ -54,6 +54,19 @@ def test_captions_vary_but_are_fixed_per_seed():
     assert len({caption(scene, random.Random(s)) for s in range(40)}) >= 3
 
 
+@settings(max_examples=100, deadline=None)
+@given(scenes(), st.integers(0, 2**32 - 1))
+def test_position_first_captions_name_the_place_before_the_object(scene, seed):
+    """position_first=1 names every object place first ("at the top left a large red star") with the same
+    count and word; at 0 the caption and the random stream are exactly as without the option."""
+    text = caption(scene, random.Random(seed), position_first=1.0)
+    for o in scene.objects:
+        assert f"{where_phrase(o.position)} a {o.size} {o.colour} {o.kind}" in text.lower()
+    assert number_word(len(scene.objects)) in text.lower() and text[0].isupper() and text.endswith(".")
+    a, b = random.Random(seed), random.Random(seed)
+    assert caption(scene, a, position_first=0.0) == caption(scene, b) and a.random() == b.random()
+
+
 @pytest.fixture(scope="module")
 def items():
     return generate_items(WorldConfig(), random.Random(11), 600)
