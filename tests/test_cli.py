@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tests.helpers import run_cli
 
@@ -153,6 +154,27 @@ def test_world_build_single_object_captions_flag_and_bad_value(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "n_captions_single=-1" in lines[0], bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_world_build_spec_options_and_bad_values_through_the_cli(tmp_path):
+    """balance_answers and caption_position_first from a spec file reach the built world (stamped, and every caption
+    names its objects place first at share 1); a bad value of either is one readable line, exit 2, nothing written."""
+    base = "seed: 1\nimage_size: 48\nn_captions: 4\nn_instructions: 12\nn_text: 1\nn_eval: 2\n"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(base + "balance_answers: 1.5\ncaption_position_first: 1.0\n")
+    r = run_cli("world", "build", "--out", tmp_path / "w", "--spec", spec)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stamp = json.loads((tmp_path / "w" / "owl_world_spec.json").read_text())
+    assert stamp["balance_answers"] == 1.5 and stamp["caption_position_first"] == 1.0
+    for line in (tmp_path / "w" / "captions.jsonl").read_text().splitlines():
+        text = json.loads(line)["caption"]
+        assert re.search(r"(^|: )(at the|on the|in the) [a-z ]+ a (small|large) ", text, re.I), text
+    for key, value in (("balance_answers", "0.5"), ("caption_position_first", "2")):
+        spec.write_text(base + f"{key}: {value}\n")
+        bad = run_cli("world", "build", "--out", tmp_path / key, "--spec", spec)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and f"{key}={value}" in lines[0], bad.stderr
+        assert not (tmp_path / key).exists()
 
 
 def test_every_command_and_subcommand_help_renders():

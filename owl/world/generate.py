@@ -127,7 +127,9 @@ def packed_item(
     turn's markers are paid once, so a step teaches ~``k`` answers for the price of ~2: more supervised
     answers per visual ability within a fixed compute budget. Abilities are drawn by ``weights`` among the
     single-scene ones (:data:`owl.world.tasks_visual.GENERATORS`); a question the scene cannot serve
-    (e.g. OCR on a scene without a word) is redrawn, and so is one whose answer ``balancer`` rejects.
+    (e.g. OCR on a scene without a word) is redrawn, and so is one whose answer ``balancer`` rejects. The scene is
+    fixed, so a rejected answer gives its turn to another question type: a type whose natural answers are
+    skewed gets fewer turns (capped, ~1/6 as many "How many red shapes?" at 1.5) rather than other scenes.
     """
     rng = sampler.rng
     names = [a for a in weights if a in GENERATORS and weights[a] > 0]

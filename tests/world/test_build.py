@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,13 +211,19 @@ def test_balanced_answers_cap_the_prior_without_changing_the_default(tmp_path):
     choices = {it.task: len(it.scorer["choices"]) for it in balanced if it.ability != "text"}  # text is not balanced
     for task, counts in shares(it for it in balanced if it.task in choices).items():
         assert max(counts.values()) <= 1.5 * sum(counts.values()) / choices[task] + 1, (task, counts)
-    b = AnswerBalancer(1.5)
-    packed = generate_items(WorldConfig(), random.Random(1), 300, qa_per_image=3, balance_answers=1.5)
-    assert all(len(it.turns) >= 1 for it in packed)
+
+    def count_colour_answers(balance: float) -> list[str]:  # packed turns "How many <colour> shapes ...?"
+        items = generate_items(WorldConfig(), random.Random(1), 900, qa_per_image=3, balance_answers=balance)
+        pattern = r"(How many|Count the) [a-z]+ shapes"
+        return [a for it in items if it.task == "packed" for q, a in it.turns if re.match(pattern, q)]
+
+    natural_packed, capped_packed = count_colour_answers(0), count_colour_answers(1.5)
+    assert len(natural_packed) > 40 and natural_packed.count("1") / len(natural_packed) > 0.5
+    # the scene is fixed, so a rejected answer's turn goes to another question: fewer such turns, none mostly "1"
+    assert 5 <= len(capped_packed) < len(natural_packed) and capped_packed.count("1") / len(capped_packed) < 0.4
     for bad in (0.5, -1, "x"):
         with pytest.raises(ValueError, match="balance_answers"):
             AnswerBalancer(bad)  # type: ignore[arg-type]
-    assert b.admits(natural[0])
     with pytest.raises(ValueError, match="caption_position_first=2"):
         build_world(tmp_path, WorldConfig(), n_captions=1, caption_position_first=2, progress=False)
 
