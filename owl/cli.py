@@ -307,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--out", default="runs/ablation")
     wa.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     wa.add_argument("--profile", default="full", choices=["full", "long", "quick"])
-    wa.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every recipe")
+    wa.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="world.KEY=V: the world spec; stage1.KEY=V / stage2.KEY=V: one stage's recipe; the rest: both",
+    )
     wa.set_defaults(func=cmd_world_ablation)
 
     b = sub.add_parser("bench", help="measured figures: this machine's peak, training step, peers").add_subparsers(

@@ -9,6 +9,7 @@ reload it).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,11 @@ class AbstractorConfig:
     # embeddings (set when the model is built). Off in the reference. A freshly trained linear output drifts to ~10x
     # the scale of word embeddings, where a frozen LLM's layers barely move those positions (benchmarks/NOTES.md §11).
     output_norm: bool = False
+    # Locality prior (0 = off, the reference): the queries are laid out on a square grid over the image and each
+    # query's attention logit to an image cell is lowered by locality x (distance / query spacing)^2, so a query
+    # starts by pooling its own neighbourhood (Honeybee's argument: resamplers lose where things are). The visual
+    # tokens then carry "what is here" for fixed places, binding colour and shape to a place for the LLM.
+    locality: float = 0.0
 
     def __post_init__(self) -> None:
         _check(
@@ -106,6 +112,13 @@ class AbstractorConfig:
         )
         _check(self.num_queries >= 1, f"abstractor.num_queries={self.num_queries} must be >= 1")
         _check(self.num_layers >= 1, f"abstractor.num_layers={self.num_layers} must be >= 1")
+        _check(self.locality >= 0.0, f"abstractor.locality={self.locality} must be >= 0 (0 turns it off)")
+        side = math.isqrt(self.num_queries)
+        _check(
+            self.locality == 0.0 or side * side == self.num_queries,
+            f"abstractor.locality={self.locality} lays the queries on a square grid, but num_queries="
+            f"{self.num_queries} is not a square; use 16, 36, 64 ... or locality 0",
+        )
         _check(
             self.hidden_size % self.num_heads == 0,
             f"abstractor.hidden_size={self.hidden_size} is not divisible by abstractor.num_heads={self.num_heads}",

@@ -252,6 +252,11 @@ def reference_config_from_owl(cfg: OwlConfig) -> dict[str, Any]:
             "abstractor.output_norm=true: the reference abstractor has no output norm, so this model has no "
             "mPLUG-Owl layout (train with output_norm false to convert)"
         )
+    if a.locality:
+        raise CheckpointError(
+            f"abstractor.locality={a.locality}: the reference abstractor has no locality prior, so this model would "
+            "attend differently there (train with locality 0 to convert)"
+        )
     if a.layer_norm_eps != 1e-5:
         raise CheckpointError(f"abstractor.layer_norm_eps={a.layer_norm_eps}: the reference hard-codes 1e-5")
     text = dict(cfg.llm.hf_config)

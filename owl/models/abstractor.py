@@ -17,6 +17,8 @@ reference checkpoints load unchanged).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,8 +55,8 @@ class AbstractorLayer(nn.Module):
         self.norm2 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.mlp = SwiGLU(h, cfg.intermediate_size, cfg.ffn_layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        # x: (N, Q, H) queries, image: (N, T, H) vision tokens
+    def forward(self, x: torch.Tensor, image: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (N, Q, H) queries, image: (N, T, H) vision tokens, bias: (Q, Q+T) added to the attention logits
         n, q_len, h = x.shape
         nh, hd = self.num_heads, h // self.num_heads
         q = self.norm1(x)
@@ -67,11 +69,35 @@ class AbstractorLayer(nn.Module):
             heads(self.query(q)),
             heads(self.key(kv)),
             heads(self.value(kv)),
+            attn_mask=bias,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (N, nh, Q, hd)
         attn = attn.transpose(1, 2).reshape(n, q_len, h)
         x = q + self.out_proj(attn)  # residual from the normalised queries, as in the reference
         return x + self.mlp(self.norm2(x))
+
+
+def locality_bias(num_queries: int, num_image: int, strength: float) -> torch.Tensor:
+    """(Q, Q+T) additive attention bias: 0 among the queries, -strength x (distance / query spacing)^2 from a
+    query's place on a square grid to each image cell's centre (a leading global token, T = g^2 + 1, gets 0).
+
+    Distances are in units of the image's side, so any query grid works over any cell grid."""
+    side = math.isqrt(num_queries)
+    g = math.isqrt(num_image)
+    extra = num_image - g * g
+    if side * side != num_queries or extra not in (0, 1) or g == 0:
+        raise ValueError(
+            f"abstractor.locality needs a square grid of queries and of image tokens (optionally one global token "
+            f"first); got {num_queries} queries over {num_image} image tokens"
+        )
+    centres_q = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    centres_i = (torch.arange(g, dtype=torch.float64) + 0.5) / g
+    qy, qx = torch.meshgrid(centres_q, centres_q, indexing="ij")
+    iy, ix = torch.meshgrid(centres_i, centres_i, indexing="ij")
+    d2 = (qy.reshape(-1, 1) - iy.reshape(1, -1)) ** 2 + (qx.reshape(-1, 1) - ix.reshape(1, -1)) ** 2  # (Q, g*g)
+    bias = torch.zeros(num_queries, num_queries + num_image, dtype=torch.float64)
+    bias[:, num_queries + extra :] = -strength * d2 * side**2
+    return bias.float()
 
 
 class VisualAbstractor(nn.Module):
@@ -86,6 +112,8 @@ class VisualAbstractor(nn.Module):
         self.visual_fc = nn.Linear(h, llm_width)
         self.vit_eos = nn.Parameter(torch.zeros(1, 1, llm_width))
         self.out_norm = nn.RMSNorm(llm_width, eps=cfg.layer_norm_eps) if cfg.output_norm else None
+        self.locality = cfg.locality
+        self._bias: dict[tuple, torch.Tensor] = {}  # (T, device, dtype) -> locality bias, built once per shape
         self.reset_parameters()
         if cfg.init == "image-through":
             self.let_image_through()
@@ -143,8 +171,14 @@ class VisualAbstractor(nn.Module):
     def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
         image = self.in_proj(image_tokens)  # (N, T, H)
         x = self.query_tokens.expand(image.shape[0], -1, -1)  # (N, Q, H)
+        bias = None
+        if self.locality > 0:
+            key = (image.shape[1], image.device, image.dtype)
+            if key not in self._bias:
+                self._bias[key] = locality_bias(x.shape[1], image.shape[1], self.locality).to(image.device, image.dtype)
+            bias = self._bias[key]
         for layer in self.layers:
-            x = layer(x, image)
+            x = layer(x, image, bias)
         x = self.visual_fc(x)  # (N, Q, D)
         eos = self.vit_eos.expand(x.shape[0], -1, -1)  # (N, 1, D)
         x = torch.cat([x, eos], dim=1)  # (N, Q+1, D)

@@ -30,6 +30,13 @@ ABOVE_BLIND = {"colour": 0.30, "shape": 0.30, "count": 0.20, "position": 0.30, "
 ABOVE_CHANCE = ("multiimage", "multiturn")
 
 
+def per_stage(recipe_over: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(overrides for both stages, {"stage1": [...], "stage2": [...]}) with the ``stageN.`` prefix removed."""
+    prefixes = ("stage1.", "stage2.")
+    only = {p[:-1]: [o[len(p) :] for o in recipe_over if o.startswith(p)] for p in prefixes}
+    return [o for o in recipe_over if not o.startswith(prefixes)], only
+
+
 def load_profile(
     profile: str, out: Path, seed: int, overrides: list[str] | None
 ) -> tuple[WorldSpec, TrainConfig, TrainConfig]:
@@ -37,10 +44,9 @@ def load_profile(
     go to the world spec, ``stage1.KEY=V`` / ``stage2.KEY=V`` to one stage's recipe, the rest to both)."""
     world_over, recipe_over = split_overrides(overrides)
     spec = load_world_spec(recipe_file(profile, "world.yaml"), world_over)
-    prefixes = ("stage1.", "stage2.")
-    only = {p[:-1]: [o[len(p) :] for o in recipe_over if o.startswith(p)] for p in prefixes}
+    common, only = per_stage(recipe_over)
     world = out / "world"
-    common = [f"seed={seed}", *(o for o in recipe_over if not o.startswith(prefixes))]
+    common = [f"seed={seed}", *common]
     s1 = load_recipe(profile, "stage1", world, [f"output_dir={out / 'stage1'}", *common, *only["stage1"]])
     s2 = load_recipe(
         profile,

@@ -16,7 +16,7 @@ CFG = AbstractorConfig(
 )
 
 
-def reference(sd: dict, image: torch.Tensor, cfg: AbstractorConfig) -> torch.Tensor:
+def reference(sd: dict, image: torch.Tensor, cfg: AbstractorConfig, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The abstractor as the spec describes it, in plain tensor algebra (no shared code with owl)."""
     n, h, heads = image.shape[0], cfg.hidden_size, cfg.num_heads
     hd = h // heads
@@ -37,7 +37,8 @@ def reference(sd: dict, image: torch.Tensor, cfg: AbstractorConfig) -> torch.Ten
         Q = lin(q, p + "query").view(n, -1, heads, hd).permute(0, 2, 1, 3)
         K = lin(kv, p + "key").view(n, -1, heads, hd).permute(0, 2, 1, 3)
         V = lin(kv, p + "value").view(n, -1, heads, hd).permute(0, 2, 1, 3)
-        a = torch.softmax(torch.einsum("nhqd,nhkd->nhqk", Q, K) / math.sqrt(hd), -1)
+        logits = torch.einsum("nhqd,nhkd->nhqk", Q, K) / math.sqrt(hd)
+        a = torch.softmax(logits if bias is None else logits + bias, -1)
         att = torch.einsum("nhqk,nhkd->nhqd", a, V).permute(0, 2, 1, 3).reshape(n, -1, h)
         x = q + lin(att, p + "out_proj")
         y = ln(x, p + "norm2", cfg.layer_norm_eps)
@@ -164,3 +165,61 @@ def test_output_norm_puts_visual_tokens_at_the_scale_of_the_llms_word_embeddings
     assert torch.equal(loaded.abstractor.out_norm.weight, model.abstractor.out_norm.weight)
     plain, _, _ = build_model(preset("tiny"))
     assert not any("out_norm" in n for n, _ in plain.named_parameters())
+
+
+def test_locality_bias_golden_values():
+    """2x2 queries over a 2x2 grid: each query sits on one cell's centre (bias 0), half the side from its
+    neighbours (-strength x (0.5 / 0.5)^2) and diagonal from the last (-2 strength); the queries see each other
+    unbiased, and a leading global token (T = g^2 + 1) is unbiased too."""
+    from owl.models.abstractor import locality_bias
+
+    b = locality_bias(4, 4, 3.0)
+    assert b.shape == (4, 8) and torch.equal(b[:, :4], torch.zeros(4, 4))
+    assert b[0, 4:].tolist() == [0.0, -3.0, -3.0, -6.0]
+    assert b[3, 4:].tolist() == [-6.0, -3.0, -3.0, 0.0]
+    g = locality_bias(4, 5, 3.0)
+    assert torch.equal(g[:, 4], torch.zeros(4)) and torch.equal(g[:, 5:], b[:, 4:])
+    with pytest.raises(ValueError, match="square grid"):
+        locality_bias(4, 6, 1.0)
+
+
+def test_locality_matches_the_spec_equations_with_the_bias():
+    cfg = AbstractorConfig(hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=4, locality=2.0)
+    torch.manual_seed(0)
+    m = VisualAbstractor(cfg, vision_width=16, llm_width=8).eval()
+    from owl.models.abstractor import locality_bias
+
+    image = torch.randn(2, 16, 16)
+    with torch.no_grad():
+        ref = reference(m.state_dict(), image, cfg, locality_bias(4, 16, 2.0))
+        torch.testing.assert_close(m(image), ref, atol=1e-5, rtol=1e-4)
+        unbiased = reference(m.state_dict(), image, cfg)
+        assert (m(image) - unbiased).abs().max() > 100 * (m(image) - ref).abs().max()
+
+
+def test_locality_makes_each_query_read_its_own_place():
+    """A change in the top-left cell moves the top-left query's token far more than the bottom-right one's with
+    the prior; without it (reference init: near-uniform attention) both move alike."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 64, 16)
+    moved = image.clone()
+    moved[0, 0] = 3.0 * torch.randn(16)  # a different feature vector (a constant shift would vanish in the LayerNorm)
+    effect = {}
+    for strength in (0.0, 4.0):
+        cfg = AbstractorConfig(
+            hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=16, locality=strength
+        )
+        torch.manual_seed(1)
+        m = VisualAbstractor(cfg, vision_width=16, llm_width=8).eval()
+        with torch.no_grad():
+            d = (m(moved) - m(image)).norm(dim=-1)[0]
+        effect[strength] = (d[0] / d[15]).item()
+    assert effect[4.0] > 20 and 0.5 < effect[0.0] < 2, effect
+
+
+def test_locality_needs_a_square_number_of_queries():
+    with pytest.raises(ValueError, match="not a square"):
+        AbstractorConfig(num_queries=12, locality=1.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AbstractorConfig(locality=-1.0)
+    AbstractorConfig(num_queries=12)  # off: any number of queries

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from owl.world.ablation import VARIANTS, aggregate, interval, run_ablation, write_report
 from tests.helpers import run_cli
@@ -49,3 +51,64 @@ def test_ablation_resumes_finished_runs(tmp_path, monkeypatch):
     (tmp_path / "results.json").write_text(json.dumps({"runs": {"0": done}}))
     monkeypatch.setattr(owl.train.loop, "train", lambda _cfg: pytest.fail("trained again"))
     assert "both" in run_ablation(tmp_path, seeds=(0,), profile="quick").read_text()
+
+
+def test_stage2_only_trains_the_abstractor_a_recipe_freezes_after_stage1(tmp_path, monkeypatch):
+    """Without stage 1 a frozen abstractor would stay random: the stage2-only variant trains it; the others keep
+    the recipe (here stage 2 freezes it through a stage2.-prefixed override, which reaches stage 2 only)."""
+    import owl.train.loop
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg):
+        seen[Path(cfg.output_dir).name] = cfg
+        if Path(cfg.output_dir).name == "stage2-only":
+            raise Stop
+
+    done = {v: {"overall": {"accuracy": 0.3, "chance": 0.2, "n": 1}} for v in ("before", "stage1-only", "both")}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": {"0": done}}))
+    monkeypatch.setattr(owl.train.loop, "train", fake_train)
+    monkeypatch.setattr("owl.world.evaluate.evaluate_world", lambda *a, **k: {"summary": done["both"]}, raising=True)
+    monkeypatch.setattr("owl.models.load_model", lambda _d: torch.nn.Linear(1, 1))
+    monkeypatch.setattr("owl.processing.OwlProcessor.from_pretrained", classmethod(lambda _cls, _d: None))
+    over = ["stage2.trainable.abstractor=frozen", "stage2.trainable.queries=frozen"]
+    with pytest.raises(Stop):
+        run_ablation(tmp_path, seeds=(0,), profile="quick", overrides=over)
+    assert seen["stage1"].trainable.abstractor == "full"  # the stage2. prefix does not reach stage 1
+    assert seen["both-no-text"].trainable.abstractor == "frozen"
+    assert seen["both-no-text"].trainable.queries == "frozen"
+    assert seen["stage2-only"].trainable.abstractor == "full" and seen["stage2-only"].trainable.queries == "full"
+    assert seen["stage2-only"].init_from is None
+
+
+def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
+    """The visual mean is taken within each seed; the report says whether both stages beat stage 2 alone on it
+    (intervals apart) and whether text-only data keeps the text skill (here: intervals overlap)."""
+    from owl.world.ablation import VISUAL, verdicts
+
+    def summary(visual: float, text: float) -> dict:
+        s = {a: {"accuracy": visual, "chance": 0.2, "n": 60} for a in VISUAL}
+        s["text"] = {"accuracy": text, "chance": 0.04, "n": 60}
+        return s
+
+    runs = {
+        str(seed): {
+            "both": summary(0.50 + 0.01 * seed, 0.80),
+            "stage2-only": summary(0.25 + 0.01 * seed, 0.78),
+            "both-no-text": summary(0.50, 0.70 + 0.1 * seed),
+        }
+        for seed in range(3)
+    }
+    runs["0"]["both"]["colour"]["accuracy"] = 0.56  # one ability off the mean: the row averages within the seed
+    agg = aggregate({"runs": runs})
+    assert agg["both"]["visual mean"][0] == pytest.approx((0.51 + 0.51 + 0.52) / 3)
+    lines = verdicts(agg)
+    assert "intervals do not overlap" in lines[0] and lines[0].startswith("- both stages vs stage 2 alone")
+    assert "intervals overlap" in lines[1] and "text" in lines[1]
+    text = write_report(tmp_path, {"runs": runs}).read_text()
+    assert "| visual mean | 20.0 |" in text and "both higher, intervals do not overlap" in text
+    one = verdicts(aggregate({"runs": {"0": runs["0"]}}))
+    assert all("one seed" in line for line in one)
