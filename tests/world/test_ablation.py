@@ -99,6 +99,7 @@ def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
             "both": summary(0.50 + 0.01 * seed, 0.80),
             "stage2-only": summary(0.25 + 0.01 * seed, 0.78),
             "both-no-text": summary(0.50, 0.70 + 0.1 * seed),
+            "before": {"text": {"accuracy": 0.30, "chance": 0.04, "n": 60}},
         }
         for seed in range(3)
     }
@@ -108,7 +109,14 @@ def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
     lines = verdicts(agg)
     assert "intervals do not overlap" in lines[0] and lines[0].startswith("- both stages vs stage 2 alone")
     assert "intervals overlap" in lines[1] and "text" in lines[1]
+    assert len(lines) == 3 and "vs the untuned LLM" in lines[2] and "both higher" in lines[2]
+    # paired by seed: both - stage2-only is 0.26, 0.25, 0.25 by seed, so the difference's interval is tight
+    assert "paired difference" not in lines[0]  # no raw results given
+    paired = verdicts(agg, {"runs": runs})
+    assert "paired difference +25.3 ± 1.4 over 3 seeds" in paired[0] and "(excludes 0)" in paired[0]
+    assert "paired difference +0.0 ± 24.8 over 3 seeds (includes 0)" in paired[1]
     text = write_report(tmp_path, {"runs": runs}).read_text()
     assert "| visual mean | 20.0 |" in text and "both higher, intervals do not overlap" in text
+    assert text.count("| visual mean |") == 1
     one = verdicts(aggregate({"runs": {"0": runs["0"]}}))
     assert all("one seed" in line for line in one)
