@@ -213,10 +213,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         a for a in (VISUAL_ROW, "overall") if a in any_variant
     ]
     chance = {}
-    for per_seed in results["runs"].values():
-        for summary in per_seed.values():
+    for per_seed in results["runs"].values():  # "before" last: its overall row is over the text items only
+        for _, summary in sorted(per_seed.items(), key=lambda kv: kv[0] == "before"):
             for a, s in summary.items():
-                chance[a] = s["chance"]
+                chance.setdefault(a, s["chance"])
     if any(a in chance for a in VISUAL):
         chance[VISUAL_ROW] = statistics.fmean(chance[a] for a in VISUAL if a in chance)
     variants = [v for v in VARIANTS if v in agg]

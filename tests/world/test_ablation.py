@@ -92,6 +92,7 @@ def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
     def summary(visual: float, text: float) -> dict:
         s = {a: {"accuracy": visual, "chance": 0.2, "n": 60} for a in VISUAL}
         s["text"] = {"accuracy": text, "chance": 0.04, "n": 60}
+        s["overall"] = {"accuracy": visual, "chance": 0.2, "n": 420}
         return s
 
     runs = {
@@ -99,7 +100,10 @@ def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
             "both": summary(0.50 + 0.01 * seed, 0.80),
             "stage2-only": summary(0.25 + 0.01 * seed, 0.78),
             "both-no-text": summary(0.50, 0.70 + 0.1 * seed),
-            "before": {"text": {"accuracy": 0.30, "chance": 0.04, "n": 60}},
+            "before": {
+                "text": {"accuracy": 0.30, "chance": 0.04, "n": 60},
+                "overall": {"accuracy": 0.30, "chance": 0.04, "n": 60},
+            },
         }
         for seed in range(3)
     }
@@ -118,5 +122,6 @@ def test_visual_mean_and_the_two_claims_read_off_the_intervals(tmp_path):
     text = write_report(tmp_path, {"runs": runs}).read_text()
     assert "| visual mean | 20.0 |" in text and "both higher, intervals do not overlap" in text
     assert text.count("| visual mean |") == 1
+    assert "| overall | 20.0 |" in text  # not the untuned LLM's overall row, which is over the text items only
     one = verdicts(aggregate({"runs": {"0": runs["0"]}}))
     assert all("one seed" in line for line in one)
