@@ -138,14 +138,20 @@ def run_ablation(
 def aggregate(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """variant -> ability -> (mean, 95% half-width, n seeds)."""
     table: dict[str, dict[str, list[float]]] = {}
-    for per_seed in results["runs"].values():
-        for variant, summary in per_seed.items():
+    for runs in results["runs"].values():
+        for variant, summary in runs.items():
             for ability, s in summary.items():
                 table.setdefault(variant, {}).setdefault(ability, []).append(s["accuracy"])
-            visual = [summary[a]["accuracy"] for a in VISUAL if a in summary]
-            if visual:  # the mean within each seed first, so its interval reflects seed-to-seed variation
-                table[variant].setdefault(VISUAL_ROW, []).append(statistics.fmean(visual))
+            visual = visual_mean(summary)
+            if visual is not None:  # the mean within each seed first, so its interval reflects seed-to-seed variation
+                table[variant].setdefault(VISUAL_ROW, []).append(visual)
     return {v: {a: (*interval(xs), len(xs)) for a, xs in abil.items()} for v, abil in table.items()}
+
+
+def visual_mean(summary: dict[str, Any]) -> float | None:
+    """The mean accuracy over the visual abilities one evaluation has (None if it has none, e.g. the untuned LLM)."""
+    visual = [summary[a]["accuracy"] for a in VISUAL if a in summary]
+    return statistics.fmean(visual) if visual else None
 
 
 def per_seed(results: dict[str, Any], variant: str, ability: str) -> dict[str, float]:
@@ -153,12 +159,9 @@ def per_seed(results: dict[str, Any], variant: str, ability: str) -> dict[str, f
     out = {}
     for seed, runs in results["runs"].items():
         summary = runs.get(variant, {})
-        if ability == VISUAL_ROW:
-            visual = [summary[a]["accuracy"] for a in VISUAL if a in summary]
-            if visual:
-                out[seed] = statistics.fmean(visual)
-        elif ability in summary:
-            out[seed] = summary[ability]["accuracy"]
+        value = visual_mean(summary) if ability == VISUAL_ROW else summary.get(ability, {}).get("accuracy")
+        if value is not None:
+            out[seed] = value
     return out
 
 
@@ -213,8 +216,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         a for a in (VISUAL_ROW, "overall") if a in any_variant
     ]
     chance = {}
-    for per_seed in results["runs"].values():  # "before" last: its overall row is over the text items only
-        for _, summary in sorted(per_seed.items(), key=lambda kv: kv[0] == "before"):
+    for runs in results["runs"].values():  # "before" last: its overall row is over the text items only
+        for _, summary in sorted(runs.items(), key=lambda kv: kv[0] == "before"):
             for a, s in summary.items():
                 chance.setdefault(a, s["chance"])
     if any(a in chance for a in VISUAL):
