@@ -7,6 +7,12 @@ object ("large red circle at the top left"), and whether it states the right obj
 stage 2, so it says whether the visual tokens carry a readable scene before any instruction tuning.
 
     python benchmarks/caption_probe.py runs/demo/stage1/model --n 60
+
+A learning curve from one run: ``--checkpoint`` (repeatable) loads each training checkpoint's trainable weights
+over the model and probes it in turn, one line per checkpoint (train with ``checkpoint.every`` and a large
+``checkpoint.keep`` to keep them):
+
+    python benchmarks/caption_probe.py runs/demo-long/stage1/model --checkpoint runs/demo-long/stage1/checkpoints/*
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 from owl.conversation import IMAGE_TOKEN, Message, Sample
 from owl.generation import GenerationOptions, generate
@@ -52,21 +62,35 @@ def main() -> None:
     p.add_argument("--min-objects", type=int, default=1)
     p.add_argument("--max-objects", type=int, default=4)
     p.add_argument("--show", type=int, default=3)
+    p.add_argument("--checkpoint", action="append", default=[], help="a checkpoint dir to probe (repeatable)")
     args = p.parse_args()
     model, proc = load_model(args.model).eval(), OwlProcessor.from_pretrained(args.model)
     cfg = WorldConfig(min_objects=args.min_objects, max_objects=args.max_objects)
     rng = random.Random(args.seed)
     scenes = [sample_scene(rng, cfg) for _ in range(args.n)]
     samples = [Sample(messages=[Message("user", IMAGE_TOKEN)], images=[render(s, cfg)], source="probe") for s in scenes]
+    for ckpt in sorted(args.checkpoint):
+        weights = load_file(str(Path(ckpt) / "trainable.safetensors"))
+        unknown = model.load_state_dict(weights, strict=False).unexpected_keys
+        if unknown:
+            raise SystemExit(f"{ckpt}: weights not in the model: {unknown[:3]}")
+        print(f"{Path(ckpt).name}: ", end="", flush=True)
+        probe(model, proc, scenes, samples, show=0)
+    if not args.checkpoint:
+        probe(model, proc, scenes, samples, show=args.show)
+
+
+def probe(model: torch.nn.Module, proc: OwlProcessor, scenes: list[Scene], samples: list[Sample], show: int) -> None:
+    """Caption every scene and print the per-object scores (and the first ``show`` captions beside the truth)."""
     outs = generate(model, proc, samples, GenerationOptions(max_new_tokens=72), batch_size=16)
     totals: dict[str, list[float]] = {}
     for s, c in zip(scenes, outs):
         for k, v in score(s, c.text).items():
             totals.setdefault(k, []).append(v)
-    for s, c in list(zip(scenes, outs))[: args.show]:
+    for s, c in list(zip(scenes, outs))[:show]:
         truth = ", ".join(f"{o.size} {o.colour} {o.kind} @{o.position}" for o in s.objects)
         print(f"truth: {truth} word={s.word}\n  out: {c.text}")
-    print(" ".join(f"{k} {100 * sum(v) / len(v):.1f}" for k, v in totals.items()), f"(n={args.n})")
+    print(" ".join(f"{k} {100 * sum(v) / len(v):.1f}" for k, v in totals.items()), f"(n={len(scenes)})")
 
 
 if __name__ == "__main__":

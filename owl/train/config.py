@@ -137,15 +137,26 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | linear | constant
+    """How the lr moves: linear warmup, then cosine / linear decay over the run, a constant, or ``wsd``.
+
+    ``wsd`` (warmup-stable-decay) holds the peak and decays linearly to the floor over only the last
+    ``decay_steps``: a run that is still learning at a constant lr keeps learning at full speed and gets the
+    loss drop of an annealed lr at its end, and its length can be extended from a stable-phase checkpoint."""
+
+    name: str = "cosine"  # cosine | linear | constant | wsd
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the floor, as a fraction of each group's peak lr
+    decay_steps: int = 0  # wsd only: the final steps over which the lr falls linearly to the floor
 
     def __post_init__(self) -> None:
-        if self.name not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"schedule.name={self.name!r} is unknown; use cosine, linear or constant")
+        if self.name not in ("cosine", "linear", "constant", "wsd"):
+            raise ConfigError(f"schedule.name={self.name!r} is unknown; use cosine, linear, constant or wsd")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("schedule.warmup_steps must be >= 0 and schedule.min_lr_ratio in [0, 1]")
+        if self.name == "wsd" and self.decay_steps <= 0:
+            raise ConfigError(f"schedule.decay_steps={self.decay_steps} must be > 0 for schedule.name=wsd")
+        if self.name != "wsd" and self.decay_steps:
+            raise ConfigError(f"schedule.decay_steps applies to schedule.name=wsd only (got name={self.name!r})")
 
     def factor(self, step: int, total: int) -> float:
         """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total``."""
@@ -153,6 +164,12 @@ class ScheduleConfig:
             return (step + 1) / self.warmup_steps
         if self.name == "constant":
             return 1.0
+        if self.name == "wsd":
+            start = max(self.warmup_steps, total - self.decay_steps)
+            if step < start:
+                return 1.0
+            progress = min(1.0, (step - start) / max(1, total - start))
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * (1 - progress)
         progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.name == "cosine" else 1 - progress
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape

@@ -68,6 +68,19 @@ def test_cosine_and_linear_schedules_golden():
     assert ScheduleConfig(name="constant", warmup_steps=4).factor(1, 10) == 0.5
 
 
+def test_wsd_schedule_holds_then_decays_over_the_last_steps():
+    s = ScheduleConfig(name="wsd", warmup_steps=2, decay_steps=4, min_lr_ratio=0.2)
+    got = [s.factor(i, 10) for i in range(10)]
+    expected = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0] + [0.2 + 0.8 * (1 - k / 4) for k in range(4)]
+    assert got == pytest.approx(expected, abs=1e-12)
+    # decay longer than the run after warmup: the decay starts right after warmup
+    assert ScheduleConfig(name="wsd", warmup_steps=2, decay_steps=50).factor(2, 10) == 1.0
+    with pytest.raises(ConfigError, match="decay_steps=0 must be > 0"):
+        ScheduleConfig(name="wsd")
+    with pytest.raises(ConfigError, match="applies to schedule.name=wsd only"):
+        ScheduleConfig(name="cosine", decay_steps=5)
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/**/stage*.yaml", recursive=True)))
 def test_shipped_recipes_parse(path):
     cfg = load_train_config(path)
