@@ -8,11 +8,11 @@ stage 2, so it says whether the visual tokens carry a readable scene before any 
 
     python benchmarks/caption_probe.py runs/demo/stage1/model --n 60
 
-A learning curve from one run: ``--checkpoint`` (repeatable) loads each training checkpoint's trainable weights
-over the model and probes it in turn, one line per checkpoint (train with ``checkpoint.every`` and a large
-``checkpoint.keep`` to keep them):
+A learning curve from one run: ``--checkpoints RUN_DIR`` loads each complete checkpoint of that training run,
+oldest first, over the model (the way a resumed run restores them) and probes it in turn, one line per
+checkpoint (train with ``checkpoint.every`` and a large ``checkpoint.keep`` to keep them):
 
-    python benchmarks/caption_probe.py runs/demo-long/stage1/model --checkpoint runs/demo-long/stage1/checkpoints/*
+    python benchmarks/caption_probe.py runs/demo-long/stage1/model --checkpoints runs/demo-long/stage1
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -29,6 +28,8 @@ from owl.conversation import IMAGE_TOKEN, Message, Sample
 from owl.generation import GenerationOptions, generate
 from owl.models import load_model
 from owl.processing import OwlProcessor
+from owl.train.checkpoint import list_checkpoints
+from owl.train.resume import restore_weights
 from owl.world.captions import number_word
 from owl.world.config import WorldConfig
 from owl.world.render import render
@@ -62,22 +63,23 @@ def main() -> None:
     p.add_argument("--min-objects", type=int, default=1)
     p.add_argument("--max-objects", type=int, default=4)
     p.add_argument("--show", type=int, default=3)
-    p.add_argument("--checkpoint", action="append", default=[], help="a checkpoint dir to probe (repeatable)")
+    p.add_argument("--checkpoints", help="a training run's output dir: probe each of its checkpoints in turn")
     args = p.parse_args()
     model, proc = load_model(args.model).eval(), OwlProcessor.from_pretrained(args.model)
     cfg = WorldConfig(min_objects=args.min_objects, max_objects=args.max_objects)
     rng = random.Random(args.seed)
     scenes = [sample_scene(rng, cfg) for _ in range(args.n)]
     samples = [Sample(messages=[Message("user", IMAGE_TOKEN)], images=[render(s, cfg)], source="probe") for s in scenes]
-    for ckpt in sorted(args.checkpoint):
-        weights = load_file(str(Path(ckpt) / "trainable.safetensors"))
-        unknown = model.load_state_dict(weights, strict=False).unexpected_keys
-        if unknown:
-            raise SystemExit(f"{ckpt}: weights not in the model: {unknown[:3]}")
-        print(f"{Path(ckpt).name}: ", end="", flush=True)
-        probe(model, proc, scenes, samples, show=0)
-    if not args.checkpoint:
+    if not args.checkpoints:
         probe(model, proc, scenes, samples, show=args.show)
+        return
+    found = list_checkpoints(args.checkpoints)
+    if not found:
+        raise SystemExit(f"{args.checkpoints}: no complete checkpoints (train with checkpoint.every, checkpoint.keep)")
+    for ckpt in found:
+        restore_weights({"trainable": load_file(str(ckpt / "trainable.safetensors"))}, model)
+        print(f"{ckpt.name}: ", end="", flush=True)
+        probe(model, proc, scenes, samples, show=0)
 
 
 def probe(model: torch.nn.Module, proc: OwlProcessor, scenes: list[Scene], samples: list[Sample], show: int) -> None:

@@ -164,13 +164,11 @@ class ScheduleConfig:
             return (step + 1) / self.warmup_steps
         if self.name == "constant":
             return 1.0
-        if self.name == "wsd":
-            start = max(self.warmup_steps, total - self.decay_steps)
-            if step < start:
-                return 1.0
-            progress = min(1.0, (step - start) / max(1, total - start))
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * (1 - progress)
-        progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+        # where the decay begins: right after warmup, or (wsd) only for the last decay_steps (linear from there)
+        start = max(self.warmup_steps, total - self.decay_steps) if self.name == "wsd" else self.warmup_steps
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, total - start))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.name == "cosine" else 1 - progress
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
 

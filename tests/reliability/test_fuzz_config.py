@@ -64,6 +64,7 @@ TRAIN_CASES = [
     ("cfg-lr-groups-negative", ["optim.lr_groups.llm=-1"], r"optim.lr_groups.llm=-1.0 must be a number >= 0"),
     ("cfg-lr-groups-not-mapping", ["optim.lr_groups=[1]"], r"optim.lr_groups=\[1\] must be a mapping, not list"),
     ("cfg-schedule-unknown", ["schedule.name=step"], r"schedule.name='step' is unknown; use cosine, linear, constant or wsd"),
+    ("cfg-wsd-without-decay", ["schedule.name=wsd"], r"schedule.decay_steps=0 must be > 0 for schedule.name=wsd"),
     ("cfg-warmup-negative", ["schedule.warmup_steps=-2"], r"schedule.warmup_steps must be >= 0"),
     ("cfg-min-lr-ratio-over-one", ["schedule.min_lr_ratio=2"], r"schedule.min_lr_ratio in \[0, 1\]"),
     ("cfg-checkpoint-keep-zero", ["checkpoint.keep=0"], r"checkpoint.keep >= 1"),
