@@ -220,6 +220,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A KL term to the model as this stage began, on the target tokens of the named sources (owl.train.distill).
+
+    Empty ``sources`` (the default): off. The teacher is the model with its LLM's LoRA adapter switched off, so
+    it needs ``trainable.llm: lora`` and every other module frozen."""
+
+    sources: list[str] = field(default_factory=list)  # data source names, e.g. [captions]
+    weight: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0 or self.temperature <= 0:
+            raise ConfigError(
+                f"distill.weight={self.weight} and distill.temperature={self.temperature} must both be > 0"
+            )
+
+
+@dataclass
 class TrainConfig:
     output_dir: str
     data: DataConfig
@@ -231,6 +249,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=100))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     merge_lora: bool = False  # fold LoRA into the saved model instead of writing adapter/
     seed: int = 0
     stage: str = ""  # a label for logs and lineage (e.g. "1", "2")
@@ -239,6 +258,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ConfigError("output_dir is required (where the model, checkpoints and logs go)")
+        if self.distill.sources:
+            self._check_distill()
+
+    def _check_distill(self) -> None:
+        names = [s.name for s in self.data.sources]
+        unknown = [s for s in self.distill.sources if s not in names]
+        if unknown:
+            raise ConfigError(f"distill.sources names {unknown}, not data sources; use some of {names}")
+        t = self.trainable
+        others = {m: getattr(t, m) for m in ("vision", "abstractor", "queries") if getattr(t, m) != "frozen"}
+        if t.llm != "lora" or others:
+            got = ", ".join(f"{m}={v}" for m, v in {"llm": t.llm, **others}.items())
+            raise ConfigError(
+                f"distill needs the model without its LoRA adapter as the teacher: set trainable.llm=lora and "
+                f"vision, abstractor and queries frozen (got {got})"
+            )
 
     @property
     def uses_lora(self) -> bool:

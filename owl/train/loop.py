@@ -43,6 +43,7 @@ from owl.train import checkpoint as ckpt
 from owl.train import resume
 from owl.train.config import TrainConfig
 from owl.train.data import TrainData
+from owl.train.distill import distill_rows, kl_sum, select_rows, teacher_logits
 from owl.train.distributed import Strategy, make_strategy
 from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_image_gain, plot_loss
 from owl.train.probe import ImageGainProbe
@@ -91,6 +92,10 @@ class Run:
     @property
     def main(self) -> bool:
         return self.acc.is_main_process
+
+    @property
+    def distill_sources(self) -> frozenset[str]:
+        return frozenset(self.cfg.distill.sources)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -150,6 +155,11 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     strategy = make_strategy(cfg, acc, precision)
+    if cfg.distill.sources and strategy.sharded:  # the teacher's forward would gather shards on some ranks only
+        raise ConfigError(
+            f"distill runs its teacher on some micro-batches only, which train.distributed={cfg.train.distributed} "
+            "cannot (its weights are gathered collectively); use one process or ddp"
+        )
     data = TrainData(
         cfg.data.sources,
         cfg.data.mix,
@@ -259,9 +269,17 @@ def train_step(run: Run) -> StepMetrics:
         last = i == len(micro) - 1
         batch = run.processor.collate(items or [_dummy(run.processor)], "right")
         batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
+        rows = distill_rows([e.source for e in items], run.distill_sources) if run.distill_sources else []
         with strategy.micro_batch(model, last=last):
-            res = model(**batch, return_logits=False, keep_all_in_graph=run.keep_all_in_graph)
-            loss = res.loss_sum * acc.num_processes / max(n_global, 1.0)
+            res = model(**batch, return_logits=bool(rows), keep_all_in_graph=run.keep_all_in_graph)
+            loss_sum = res.loss_sum
+            if rows:  # hold the starting model's distribution on these samples (owl.train.distill)
+                sub = select_rows(batch, rows)
+                teacher = teacher_logits(strategy.unwrap(model), sub)
+                kl, n_kl = kl_sum(res.logits[rows], teacher, sub["labels"], run.cfg.distill.temperature)
+                loss_sum = loss_sum + run.cfg.distill.weight * kl
+                metrics.distill.append((kl.item(), n_kl))
+            loss = loss_sum * acc.num_processes / max(n_global, 1.0)
             if loss.requires_grad:  # else one process lost every sample of a step: nothing to learn, nothing to sync
                 strategy.backward(loss)
             strategy.after_backward(last)
@@ -325,6 +343,7 @@ def record_metrics(
     acc, optimizer, step = run.acc, run.optimizer, run.step
     sums = acc.reduce(torch.tensor([window.loss, window.inputs], device=acc.device), "sum").tolist()
     loss = sums[0] / max(window.tokens, 1.0)
+    kl = acc.reduce(torch.tensor(window.distill, device=acc.device), "sum").tolist() if run.distill_sources else None
     src: dict[str, list[float]] = {}
     for part in gather_object([window.sources]) if acc.num_processes > 1 else [window.sources]:
         for name, (ls, nt) in part.items():
@@ -345,6 +364,8 @@ def record_metrics(
         "loss_by_source": {k: v[0] / v[1] for k, v in src.items() if v[1] and k != "(empty)"},
         **(gain or {}),
     }
+    if kl is not None and kl[1]:
+        record["distill_kl"] = kl[0] / kl[1]  # per distilled target token
     if log is not None:
         log.write(record)
     if gain is not None:

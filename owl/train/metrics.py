@@ -27,6 +27,7 @@ class StepMetrics:
     loss_sums: list[float] = field(default_factory=list)  # per micro-batch, this process
     input_tokens: list[float] = field(default_factory=list)  # per micro-batch, this process
     samples: list[tuple[str, float, int]] = field(default_factory=list)  # (source, loss sum, target tokens)
+    distill: list[tuple[float, int]] = field(default_factory=list)  # per distilled micro-batch: (KL sum, tokens)
 
 
 class Window:
@@ -38,6 +39,7 @@ class Window:
     def reset(self, step: int) -> None:
         self.loss, self.tokens, self.inputs = 0.0, 0.0, 0.0
         self.sources: dict[str, list[float]] = {}  # source -> [loss sum, target tokens]
+        self.distill = [0.0, 0.0]  # KL sum, target tokens (owl.train.distill)
         self.t = time.perf_counter()
         self.since = step
 
@@ -51,6 +53,9 @@ class Window:
             tot[0] += loss
             tot[1] += n
         self.tokens += m.target_tokens
+        for kl, n in m.distill:
+            self.distill[0] += kl
+            self.distill[1] += n
 
 
 def log_line(stage: str | None, record: dict[str, Any], total: int) -> str:

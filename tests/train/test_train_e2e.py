@@ -234,3 +234,28 @@ def test_two_processes_match_one_process(stage1):
     one, two = losses(work / "one"), losses(work / "two")
     assert len(one) == len(two) == 6
     assert one == pytest.approx(two, rel=1e-4)
+
+
+DISTILL = [
+    "trainable.abstractor=frozen",
+    "trainable.queries=frozen",
+    "lora.dropout=0",
+    "train.max_steps=6",
+    "checkpoint.every=0",
+    *QUIET,
+]
+
+
+def test_owl_train_distills_from_zero_kl_and_logs_it(stage1):
+    work = stage1
+    ok(run_cli("train", STAGE2, "init_from=A", "output_dir=D", "distill.sources=[text]", *DISTILL, cwd=work))
+    ok(run_cli("train", STAGE2, "init_from=A", "output_dir=N", *DISTILL, cwd=work))
+    d = [json.loads(x) for x in (work / "D" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    n = [json.loads(x) for x in (work / "N" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(d[0]["distill_kl"]) < 1e-6  # LoRA's B starts at zero: the student is its teacher at step 1
+    assert d[0]["loss"] == pytest.approx(n[0]["loss"], rel=1e-6)  # and the KL adds nothing to the loss
+    assert all(r["distill_kl"] > 0 for r in d[1:]) and "distill_kl" not in n[0]
+    assert d[-1]["loss"] != n[-1]["loss"]  # the term moved the training
+    bad = run_cli("train", STAGE2, "init_from=A", "output_dir=E", "distill.sources=[text]", *QUIET, cwd=work)
+    assert bad.returncode != 0 and "set trainable.llm=lora" in bad.stderr and "Traceback" not in bad.stderr
+    assert not Path(work / "E" / "model").exists()
