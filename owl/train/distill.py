@@ -1,8 +1,8 @@
 """Hold on to what the model could do when this stage began: a KL term to its starting self on chosen sources.
 
-Instruction tuning can teach an LLM to answer from priors and stop reading what stage 1 taught it to read
-(benchmarks/NOTES.md §16-17: the stage-1 model's captions name an object whole in 53% of unseen scenes, the
-stage-2 model's in 44%, even with caption data in the stage-2 mix). Learning-without-forgetting (Li & Hoiem, 2016)
+Instruction tuning could teach an LLM to stop reading what stage 1 taught it to read; this is the standard
+guard against that. (On Owl-World it was measured and not shipped: stage 2 keeps the stage-1 reading without it,
+benchmarks/NOTES.md §17.) Learning-without-forgetting (Li & Hoiem, 2016)
 keeps a behaviour by matching the old model's whole next-token distribution rather than one reference text: on
 the samples of the sources named in ``distill.sources`` (e.g. stage 2's captions) each target position adds
 ``weight * T^2 * KL(teacher_T || student_T)`` to the summed loss, normalised by the global target-token count
