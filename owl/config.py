@@ -105,6 +105,11 @@ class AbstractorConfig:
     # starts by pooling its own neighbourhood (Honeybee's argument: resamplers lose where things are). The visual
     # tokens then carry "what is here" for fixed places, binding colour and shape to a place for the LLM.
     locality: float = 0.0
+    # Queries compete for image cells (slot attention, Locatello et al. 2020; off = the reference): each cell's
+    # attention is a softmax over the *queries*, then each query takes the weighted mean of the cells it won, and
+    # the queries do not attend to each other. One object's cells then go to one query, so its colour, shape and
+    # place arrive in one token instead of being spread over, or mixed into, many (benchmarks/NOTES.md §18).
+    competition: bool = False
 
     def __post_init__(self) -> None:
         _check(

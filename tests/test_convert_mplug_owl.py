@@ -231,6 +231,9 @@ def test_to_mplug_owl_refuses_models_without_a_reference_layout(tmp_path, capsys
     assert main(["new", "--preset", "tiny", "--out", str(tmp_path / "l"), "--set", "abstractor.locality=2"]) == 0
     assert main(["convert", "to-mplug-owl", str(tmp_path / "l"), str(tmp_path / "r4")]) == 2
     assert "no locality prior" in capsys.readouterr().err
+    assert main(["new", "--preset", "tiny", "--out", str(tmp_path / "c"), "--set", "abstractor.competition=true"]) == 0
+    assert main(["convert", "to-mplug-owl", str(tmp_path / "c"), str(tmp_path / "r5")]) == 2
+    assert "compete for cells" in capsys.readouterr().err
     assert main(["convert", "to-mplug-owl", str(tmp_path / "m"), str(tmp_path / "r")]) == 2  # exists: --force
     assert "--force" in capsys.readouterr().err
     with pytest.raises(CheckpointError):

@@ -257,6 +257,11 @@ def reference_config_from_owl(cfg: OwlConfig) -> dict[str, Any]:
             f"abstractor.locality={a.locality}: the reference abstractor has no locality prior, so this model would "
             "attend differently there (train with locality 0 to convert)"
         )
+    if a.competition:
+        raise CheckpointError(
+            "abstractor.competition=true: the reference queries attend with a softmax over the image and each "
+            "other, not compete for cells, so this model would read images differently there (train without it)"
+        )
     if a.layer_norm_eps != 1e-5:
         raise CheckpointError(f"abstractor.layer_norm_eps={a.layer_norm_eps}: the reference hard-codes 1e-5")
     text = dict(cfg.llm.hf_config)

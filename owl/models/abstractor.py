@@ -45,6 +45,7 @@ class AbstractorLayer(nn.Module):
         super().__init__()
         h = cfg.hidden_size
         self.num_heads = cfg.num_heads
+        self.competition = cfg.competition
         self.dropout = cfg.attention_dropout
         self.norm1 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)  # on the queries
         self.normk = nn.LayerNorm(h, eps=cfg.layer_norm_eps)  # on the image tokens
@@ -60,21 +61,44 @@ class AbstractorLayer(nn.Module):
         n, q_len, h = x.shape
         nh, hd = self.num_heads, h // self.num_heads
         q = self.norm1(x)
-        kv = torch.cat([q, self.normk(image)], dim=1)  # (N, Q+T, H): queries attend to themselves and the image
+        image = self.normk(image)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (N, L, H) -> (N, nh, L, hd)
             return t.view(n, -1, nh, hd).transpose(1, 2)
 
-        attn = F.scaled_dot_product_attention(
-            heads(self.query(q)),
-            heads(self.key(kv)),
-            heads(self.value(kv)),
-            attn_mask=bias,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (N, nh, Q, hd)
+        if self.competition:  # the queries read only the image, competing for its cells
+            attn = compete(
+                heads(self.query(q)),
+                heads(self.key(image)),
+                heads(self.value(image)),
+                None if bias is None else bias[:, q_len:],
+            )
+        else:
+            kv = torch.cat([q, image], dim=1)  # (N, Q+T, H): queries attend to themselves and the image
+            attn = F.scaled_dot_product_attention(
+                heads(self.query(q)),
+                heads(self.key(kv)),
+                heads(self.value(kv)),
+                attn_mask=bias,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (N, nh, Q, hd)
         attn = attn.transpose(1, 2).reshape(n, q_len, h)
         x = q + self.out_proj(attn)  # residual from the normalised queries, as in the reference
         return x + self.mlp(self.norm2(x))
+
+
+def compete(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Slot-attention read: (N, nh, Q, hd) queries over (N, nh, T, hd) image keys/values -> (N, nh, Q, hd).
+
+    The softmax runs over the queries (each cell splits its unit of attention among them), then each query
+    averages the values with the weights it won, renormalised over the cells (eps keeps a query that won
+    nothing finite: it reads ~0)."""
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (N, nh, Q, T)
+    if bias is not None:
+        logits = logits + bias
+    weights = logits.float().softmax(dim=-2).to(v.dtype)
+    weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-6)
+    return weights @ v
 
 
 def locality_bias(num_queries: int, num_image: int, strength: float) -> torch.Tensor:

@@ -223,3 +223,34 @@ def test_locality_needs_a_square_number_of_queries():
     with pytest.raises(ValueError, match="must be >= 0"):
         AbstractorConfig(locality=-1.0)
     AbstractorConfig(num_queries=12)  # off: any number of queries
+
+
+def test_compete_matches_a_per_cell_loop():
+    """Slot-attention read: every cell splits one unit of attention over the queries, then each query averages
+    the values with what it won (renormalised over the cells)."""
+    from owl.models.abstractor import compete
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5)
+    out = compete(q, k, v)
+    for n in range(2):
+        for h in range(3):
+            won = torch.zeros(4, 6)
+            for t in range(6):  # cell t's split over the 4 queries
+                won[:, t] = torch.softmax(q[n, h] @ k[n, h, t] / 5**0.5, dim=0)
+            assert torch.allclose(won.sum(0), torch.ones(6))
+            expect = (won / (won.sum(1, keepdim=True) + 1e-6)) @ v[n, h]
+            torch.testing.assert_close(out[n, h], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_competition_trains_end_to_end():
+    cfg = AbstractorConfig(
+        hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, num_queries=4, competition=True
+    )
+    torch.manual_seed(0)
+    m = VisualAbstractor(cfg, vision_width=12, llm_width=8)
+    out = m(torch.randn(3, 9, 12))
+    assert out.shape == (3, 5, 8)
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in m.parameters() if p.requires_grad)
+    assert m.layers[0].query.weight.grad.abs().sum() > 0
