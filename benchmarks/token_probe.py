@@ -8,10 +8,13 @@ sampler it fits a ridge read-out (closed form, dual, L2 chosen on a validation s
 a class), and scores held-out scenes on the occupied cells:
 
 - ``cnn``: the vision tower's token grid (what the abstractor reads);
-- ``tokens``: the abstractor's output (what the LLM reads, ``num_queries + 1`` vectors).
+- ``tokens``: the abstractor's output (what the LLM reads, ``num_queries + 1`` vectors);
+- ``llm@L``: the LLM's state after layer L at the last prompt position (``--layers``).
 
-High ``tokens`` accuracy with low caption binding means the LLM's reading is the limit; low ``tokens`` with
-high ``cnn`` means the abstractor loses it; low both means the vision features do.
+Low ``tokens`` with high ``cnn`` means the abstractor loses the binding; low both, the vision features. High
+``tokens`` is information, not readability: compare ``--reset-abstractor`` (an untrained abstractor, whose tokens
+a supervised read-out also decodes well; benchmarks/NOTES.md §18). Then the caption probe's low binding means
+stage 1 has not yet made the information readable to the frozen LLM.
 
     python benchmarks/token_probe.py runs/demo-long/stage1/model --train 3000 --test 1000
 """
