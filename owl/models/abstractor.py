@@ -72,6 +72,7 @@ class AbstractorLayer(nn.Module):
                 heads(self.key(image)),
                 heads(self.value(image)),
                 None if bias is None else bias[:, q_len:],
+                dropout_p=self.dropout if self.training else 0.0,
             )
         else:
             kv = torch.cat([q, image], dim=1)  # (N, Q+T, H): queries attend to themselves and the image
@@ -87,18 +88,20 @@ class AbstractorLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def compete(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def compete(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Slot-attention read: (N, nh, Q, hd) queries over (N, nh, T, hd) image keys/values -> (N, nh, Q, hd).
 
     The softmax runs over the queries (each cell splits its unit of attention among them), then each query
     averages the values with the weights it won, renormalised over the cells (eps keeps a query that won
-    nothing finite: it reads ~0)."""
+    nothing finite: it reads ~0). ``dropout_p`` drops read weights as the reference's attention dropout does."""
     logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (N, nh, Q, T)
     if bias is not None:
         logits = logits + bias
     weights = logits.float().softmax(dim=-2).to(v.dtype)
     weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-6)
-    return weights @ v
+    return F.dropout(weights, dropout_p) @ v
 
 
 def locality_bias(num_queries: int, num_image: int, strength: float) -> torch.Tensor:

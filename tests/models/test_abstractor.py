@@ -254,3 +254,20 @@ def test_competition_trains_end_to_end():
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in m.parameters() if p.requires_grad)
     assert m.layers[0].query.weight.grad.abs().sum() > 0
+
+
+def test_competition_applies_the_attention_dropout_in_training_only():
+    cfg = AbstractorConfig(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=4,
+        intermediate_size=24,
+        num_queries=4,
+        competition=True,
+        attention_dropout=0.5,
+    )
+    torch.manual_seed(0)
+    m, image = VisualAbstractor(cfg, vision_width=16, llm_width=8), torch.randn(2, 9, 16)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(image), m(image))
+        assert not torch.allclose(m.train()(image), m.eval()(image))
