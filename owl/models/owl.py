@@ -11,6 +11,7 @@ placeholders keep one image each (the reference merged them and lost one).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ class OwlOutput:
     sample_loss_sum: torch.Tensor | None = None  # (B,) for per-source losses
     sample_target_tokens: torch.Tensor | None = None  # (B,)
     logits: torch.Tensor | None = None
+    hidden_states: list[torch.Tensor] | None = None  # (B, T, D) after each requested layer (owl.train.text_align)
 
 
 def _has_trainable(module: nn.Module) -> bool:
@@ -155,12 +157,14 @@ class OwlModel(nn.Module):
         labels: torch.Tensor | None = None,
         return_logits: bool = True,
         keep_all_in_graph: bool = False,
+        hidden_layers: Sequence[int] | None = None,
     ) -> OwlOutput:
         """Loss (when ``labels`` are given) and logits.
 
         With ``return_logits=False`` and labels, the LM head runs only at the
         positions some sample has a target for (the LLM's ``logits_to_keep``),
         which saves a large share of a small LLM's step time. ``keep_all_in_graph``: see :meth:`embed`.
+        ``hidden_layers`` (1-based, with labels): also return the LLM's hidden states after those layers.
         """
         embeds = self.embed(input_ids, pixel_values, image_counts, keep_all_in_graph)
         if attention_mask is None:
@@ -168,16 +172,19 @@ class OwlModel(nn.Module):
         kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
         if labels is None:
             return OwlOutput(logits=self.llm(**kwargs).logits)
+        if hidden_layers:
+            kwargs["output_hidden_states"] = True
 
         shift_labels = labels[:, 1:]  # position t predicts token t+1
         if not return_logits and self._llm_keeps_logits:
             keep = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
-            logits = self.llm(**kwargs, logits_to_keep=keep).logits  # (B, P, V)
+            out = self.llm(**kwargs, logits_to_keep=keep)
+            logits = out.logits  # (B, P, V)
             targets = shift_labels[:, keep]
         else:
-            logits = self.llm(**kwargs).logits  # (B, T, V)
+            out = self.llm(**kwargs)
+            logits = out.logits[:, :-1]  # (B, T-1, V)
             targets = shift_labels
-            logits = logits[:, :-1]
         token_loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
@@ -195,4 +202,5 @@ class OwlModel(nn.Module):
             sample_loss_sum=sample_loss.detach(),
             sample_target_tokens=sample_tokens,
             logits=logits if return_logits else None,
+            hidden_states=[out.hidden_states[k] for k in hidden_layers] if hidden_layers else None,
         )

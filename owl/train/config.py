@@ -238,6 +238,27 @@ class DistillConfig:
 
 
 @dataclass
+class TextAlignConfig:
+    """Align the frozen LLM's states after the image with its states after the caption as text (owl.train.text_align).
+
+    Empty ``sources`` (the default): off. The teacher is the same LLM, so it needs ``trainable.llm: frozen``."""
+
+    sources: list[str] = field(default_factory=list)  # caption-like sources: the target text describes the image
+    layers: list[int] = field(default_factory=lambda: [8, 16, 24])  # 1-based: the state after each of these layers
+    weight: float = 1.0
+    positions: str = "all"  # all: every position after the image; prompt: only those before the reply
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("all", "prompt"):
+            raise ConfigError(f"text_align.positions={self.positions!r} is unknown; use all or prompt")
+        if self.weight <= 0 or not self.layers or min(self.layers) < 1:
+            raise ConfigError(
+                f"text_align.weight={self.weight} must be > 0 and text_align.layers={self.layers} a non-empty list "
+                "of layer numbers >= 1"
+            )
+
+
+@dataclass
 class TrainConfig:
     output_dir: str
     data: DataConfig
@@ -250,6 +271,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=100))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    text_align: TextAlignConfig = field(default_factory=TextAlignConfig)
     merge_lora: bool = False  # fold LoRA into the saved model instead of writing adapter/
     seed: int = 0
     stage: str = ""  # a label for logs and lineage (e.g. "1", "2")
@@ -260,6 +282,19 @@ class TrainConfig:
             raise ConfigError("output_dir is required (where the model, checkpoints and logs go)")
         if self.distill.sources:
             self._check_distill()
+        if self.text_align.sources:
+            self._check_text_align()
+
+    def _check_text_align(self) -> None:
+        names = [s.name for s in self.data.sources]
+        unknown = [s for s in self.text_align.sources if s not in names]
+        if unknown:
+            raise ConfigError(f"text_align.sources names {unknown}, not data sources; use some of {names}")
+        if self.trainable.llm != "frozen":
+            raise ConfigError(
+                f"text_align uses the LLM itself as the teacher, so it must not change: set trainable.llm=frozen "
+                f"(got {self.trainable.llm})"
+            )
 
     def _check_distill(self) -> None:
         names = [s.name for s in self.data.sources]

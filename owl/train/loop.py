@@ -48,6 +48,7 @@ from owl.train.distributed import Strategy, make_strategy
 from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_image_gain, plot_loss
 from owl.train.probe import ImageGainProbe
 from owl.train.setup import build_for_training, lineage, preflight
+from owl.train.text_align import AlignPlan, align_sum, plan, teacher_states
 from owl.train.trainable import (
     apply_trainable,
     enable_activation_checkpointing,
@@ -96,6 +97,10 @@ class Run:
     @property
     def distill_sources(self) -> frozenset[str]:
         return frozenset(self.cfg.distill.sources)
+
+    @property
+    def align_sources(self) -> frozenset[str]:
+        return frozenset(self.cfg.text_align.sources)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -155,10 +160,16 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     strategy = make_strategy(cfg, acc, precision)
-    if cfg.distill.sources and strategy.sharded:  # the teacher's forward would gather shards on some ranks only
+    teachers = [k for k in ("distill", "text_align") if getattr(cfg, k).sources]
+    if teachers and strategy.sharded:  # the teacher's forward would gather shards on some ranks only
         raise ConfigError(
-            f"distill runs its teacher on some micro-batches only, which train.distributed={cfg.train.distributed} "
-            "cannot (its weights are gathered collectively); use one process or ddp"
+            f"{teachers[0]} runs its teacher on some micro-batches only, which train.distributed="
+            f"{cfg.train.distributed} cannot (its weights are gathered collectively); use one process or ddp"
+        )
+    n_layers = getattr(model.causal_lm.config, "num_hidden_layers", None)
+    if cfg.text_align.sources and n_layers is not None and max(cfg.text_align.layers) > n_layers:
+        raise ConfigError(
+            f"text_align.layers={cfg.text_align.layers}: the LLM has {n_layers} layers; use numbers 1..{n_layers}"
         )
     data = TrainData(
         cfg.data.sources,
@@ -270,9 +281,18 @@ def train_step(run: Run) -> StepMetrics:
         batch = run.processor.collate(items or [_dummy(run.processor)], "right")
         batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
         rows = distill_rows([e.source for e in items], run.distill_sources) if run.distill_sources else []
+        align = _align_plan(run, items) if run.align_sources else None
+        layers = run.cfg.text_align.layers if align else None
         with strategy.micro_batch(model, last=last):
-            res = model(**batch, return_logits=bool(rows), keep_all_in_graph=run.keep_all_in_graph)
+            res = model(
+                **batch, return_logits=bool(rows), keep_all_in_graph=run.keep_all_in_graph, hidden_layers=layers
+            )
             loss_sum = res.loss_sum
+            if align:  # the LLM's states after the image pulled towards its states after the caption's text
+                teacher = teacher_states(strategy.unwrap(model).causal_lm, align, layers)
+                dist = align_sum(res.hidden_states, teacher, align)
+                loss_sum = loss_sum + run.cfg.text_align.weight * dist
+                metrics.align.append((dist.item(), align.num_positions))
             if rows:  # hold the starting model's distribution on these samples (owl.train.distill)
                 sub = select_rows(batch, rows)
                 teacher = teacher_logits(strategy.unwrap(model), sub)
@@ -292,6 +312,13 @@ def train_step(run: Run) -> StepMetrics:
     metrics.grad_norm = strategy.step(run.optimizer, run.params, run.cfg.optim.grad_clip)
     run.scheduler.step()
     return metrics
+
+
+def _align_plan(run: Run, items: list[Encoded]) -> AlignPlan | None:
+    tok = run.processor.tokenizer
+    drop = frozenset(i for i in tok.all_special_ids if i is not None)
+    ta = run.cfg.text_align
+    return plan(items, run.align_sources, run.processor.num_visual_tokens, run.processor.pad_id, drop, ta.positions)
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -366,6 +393,9 @@ def record_metrics(
     }
     if kl is not None and kl[1]:
         record["distill_kl"] = kl[0] / kl[1]  # per distilled target token
+    al = acc.reduce(torch.tensor(window.align, device=acc.device), "sum").tolist() if run.align_sources else None
+    if al is not None and al[1]:
+        record["text_align"] = al[0] / al[1]  # per aligned position (owl.train.text_align)
     if log is not None:
         log.write(record)
     if gain is not None:

@@ -28,6 +28,7 @@ class StepMetrics:
     input_tokens: list[float] = field(default_factory=list)  # per micro-batch, this process
     samples: list[tuple[str, float, int]] = field(default_factory=list)  # (source, loss sum, target tokens)
     distill: list[tuple[float, int]] = field(default_factory=list)  # per distilled micro-batch: (KL sum, tokens)
+    align: list[tuple[float, int]] = field(default_factory=list)  # per aligned micro-batch: (distance sum, positions)
 
 
 class Window:
@@ -40,6 +41,7 @@ class Window:
         self.loss, self.tokens, self.inputs = 0.0, 0.0, 0.0
         self.sources: dict[str, list[float]] = {}  # source -> [loss sum, target tokens]
         self.distill = [0.0, 0.0]  # KL sum, target tokens (owl.train.distill)
+        self.align = [0.0, 0.0]  # distance sum, positions (owl.train.text_align)
         self.t = time.perf_counter()
         self.since = step
 
@@ -56,6 +58,9 @@ class Window:
         for kl, n in m.distill:
             self.distill[0] += kl
             self.distill[1] += n
+        for d, n in m.align:
+            self.align[0] += d
+            self.align[1] += n
 
 
 def log_line(stage: str | None, record: dict[str, Any], total: int) -> str:
