@@ -247,10 +247,13 @@ class TextAlignConfig:
     layers: list[int] = field(default_factory=lambda: [8, 16, 24])  # 1-based: the state after each of these layers
     weight: float = 1.0
     positions: str = "all"  # all: every position after the image; prompt: only those before the reply
+    distance: str = "norm"  # norm: per-position normalised MSE; standardized: per-dimension z-scored (text_align.py)
 
     def __post_init__(self) -> None:
         if self.positions not in ("all", "prompt"):
             raise ConfigError(f"text_align.positions={self.positions!r} is unknown; use all or prompt")
+        if self.distance not in ("norm", "standardized"):
+            raise ConfigError(f"text_align.distance={self.distance!r} is unknown; use norm or standardized")
         if self.weight <= 0 or not self.layers or min(self.layers) < 1:
             raise ConfigError(
                 f"text_align.weight={self.weight} must be > 0 and text_align.layers={self.layers} a non-empty list "

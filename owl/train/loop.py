@@ -290,7 +290,7 @@ def train_step(run: Run) -> StepMetrics:
             loss_sum = res.loss_sum
             if align:  # the LLM's states after the image pulled towards its states after the caption's text
                 teacher = teacher_states(strategy.unwrap(model).causal_lm, align, layers)
-                dist = align_sum(res.hidden_states, teacher, align)
+                dist = align_sum(res.hidden_states, teacher, align, run.cfg.text_align.distance)
                 loss_sum = loss_sum + run.cfg.text_align.weight * dist
                 metrics.align.append((dist.item(), align.num_positions))
             if rows:  # hold the starting model's distribution on these samples (owl.train.distill)

@@ -15,7 +15,7 @@ from owl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
 from owl.conversation import Message, Sample
 from owl.errors import ConfigError
 from owl.processing import Encoded
-from owl.train.config import train_config_from_dict
+from owl.train.config import TextAlignConfig, train_config_from_dict
 from owl.train.text_align import align_sum, plan, teacher_states
 from tests.helpers import random_image, run_cli
 
@@ -161,3 +161,33 @@ def test_owl_train_aligns_logs_the_distance_and_refuses_a_layer_the_llm_lacks(tm
     )
     assert bad.returncode != 0 and "text_align.layers=[99]" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "E" / "model").exists()
+
+
+def test_the_standardized_distance_weighs_every_dimension_not_the_massive_ones():
+    g = torch.Generator().manual_seed(1)
+    items = [enc([1, P, P, 4, 5, 6], [x := IGNORE_INDEX, x, x, x, 5, 6]), enc([1, P, P, 4, 9], [x, x, x, x, 9])]
+    p = plan(items, frozenset({"captions"}), 2, pad_id=0)
+    teacher = [torch.randn(2, p.input_ids.shape[1], 8, generator=g)]
+    student = [torch.randn(2, 6, 8, generator=g)]
+    ts = torch.cat([teacher[0][j, p.teacher_pos[j]] for j in range(2)])
+    sd = ts.std(dim=0, correction=0)
+    want = sum(
+        float((((student[0][r, p.student_pos[j]] - teacher[0][j, p.teacher_pos[j]]) / sd) ** 2).mean(-1).sum())
+        for j, r in enumerate(p.rows)
+    )
+    assert align_sum(student, teacher, p, "standardized").item() == pytest.approx(want, rel=1e-5)
+    # the student is right on dimension 0 and wrong on the rest; make dimension 0 massive (x1000 in both): the
+    # normalised distance then barely sees the error, the standardized one is unchanged
+    for j, r in enumerate(p.rows):
+        student[0][r, p.student_pos[j], 0] = teacher[0][j, p.teacher_pos[j], 0]
+    before = align_sum(student, teacher, p, "standardized").item()
+    big = [student[0].clone()], [teacher[0].clone()]
+    big[0][0][..., 0] *= 1000
+    big[1][0][..., 0] *= 1000
+    assert align_sum(*big, p, "standardized").item() == pytest.approx(before, rel=1e-4)
+    assert align_sum(*big, p, "norm").item() < 0.01 * align_sum(student, teacher, p, "norm").item()
+
+
+def test_an_unknown_distance_is_refused():
+    with pytest.raises(ConfigError, match="text_align.distance='l1'.*norm or standardized"):
+        TextAlignConfig(sources=["captions"], distance="l1")
