@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -101,6 +102,11 @@ class Run:
     @property
     def align_sources(self) -> frozenset[str]:
         return frozenset(self.cfg.text_align.sources)
+
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """The tokenizer's special ids: text_align drops them from the caption it gives the teacher."""
+        return frozenset(i for i in self.processor.tokenizer.all_special_ids if i is not None)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -289,7 +295,7 @@ def train_step(run: Run) -> StepMetrics:
             )
             loss_sum = res.loss_sum
             if align:  # the LLM's states after the image pulled towards its states after the caption's text
-                teacher = teacher_states(strategy.unwrap(model).causal_lm, align, layers)
+                teacher = teacher_states(strategy.unwrap(model), align, layers)
                 dist = align_sum(res.hidden_states, teacher, align, run.cfg.text_align.distance)
                 loss_sum = loss_sum + run.cfg.text_align.weight * dist
                 metrics.align.append((dist.item(), align.num_positions))
@@ -315,10 +321,8 @@ def train_step(run: Run) -> StepMetrics:
 
 
 def _align_plan(run: Run, items: list[Encoded]) -> AlignPlan | None:
-    tok = run.processor.tokenizer
-    drop = frozenset(i for i in tok.all_special_ids if i is not None)
-    ta = run.cfg.text_align
-    return plan(items, run.align_sources, run.processor.num_visual_tokens, run.processor.pad_id, drop, ta.positions)
+    proc, positions = run.processor, run.cfg.text_align.positions
+    return plan(items, run.align_sources, proc.num_visual_tokens, proc.pad_id, run.special_ids, positions)
 
 
 def _due(step: int, every: int, total: int) -> bool:

@@ -23,7 +23,6 @@ count like the cross-entropy. Samples with other than one image, or with no targ
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,14 +95,17 @@ def plan(
     return AlignPlan(ids, mask, rows, s_pos, t_pos)
 
 
-def teacher_states(causal_lm: nn.Module, p: AlignPlan, layers: Sequence[int]) -> list[torch.Tensor]:
-    """The frozen LLM's hidden states after each of ``layers`` (1-based) on the teacher sequences; no autograd."""
-    device = next(causal_lm.parameters()).device
+def teacher_states(model: nn.Module, p: AlignPlan, layers: Sequence[int]) -> list[torch.Tensor]:
+    """The frozen LLM's hidden states after each of ``layers`` (1-based) on the teacher sequences; no autograd.
+
+    ``model`` is the (unwrapped) ``OwlModel``: its LLM is the teacher."""
+    lm = model.causal_lm
     kwargs = {"output_hidden_states": True, "use_cache": False}
-    if "logits_to_keep" in inspect.signature(type(causal_lm).forward).parameters:
+    if model._llm_keeps_logits:
         kwargs["logits_to_keep"] = 1  # only the states are wanted: skip the vocabulary projection
+    device = next(lm.parameters()).device
     with torch.no_grad():
-        out = causal_lm(input_ids=p.input_ids.to(device), attention_mask=p.attention_mask.to(device), **kwargs)
+        out = lm(input_ids=p.input_ids.to(device), attention_mask=p.attention_mask.to(device), **kwargs)
     return [out.hidden_states[k] for k in layers]
 
 

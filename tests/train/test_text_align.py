@@ -83,7 +83,7 @@ def test_teacher_states_are_the_llms_own_states_on_the_caption_text(tiny):
     p = plan([e], frozenset({"captions"}), proc.num_visual_tokens, proc.pad_id, drop)
     caption = proc.tokenizer("A red circle.", add_special_tokens=False)["input_ids"]
     assert caption == p.input_ids[0, p.teacher_pos[0][0] - len(caption) : p.teacher_pos[0][0]].tolist()
-    got = teacher_states(model.causal_lm, p, [1, 2])
+    got = teacher_states(model, p, [1, 2])
     with torch.no_grad():  # the same text through the composed model's forward (no image in it)
         ref = model(input_ids=p.input_ids, labels=p.input_ids, hidden_layers=[1, 2])
     for a, b in zip(got, ref.hidden_states):
@@ -107,7 +107,7 @@ def test_the_distance_trains_the_visual_tokens_towards_the_text(tiny):
     p = plan(
         items, frozenset({"captions"}), proc.num_visual_tokens, proc.pad_id, frozenset(proc.tokenizer.all_special_ids)
     )
-    teacher = teacher_states(model.causal_lm, p, [1, 2])
+    teacher = teacher_states(model, p, [1, 2])
     batch = proc.collate(items)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.Adam(params, lr=3e-3)
