@@ -179,6 +179,9 @@ class LoopConfig:
     grad_accum: int = 1
     max_steps: int | None = None  # optimizer steps; or give epochs
     epochs: float | None = None  # needs sources whose size is known (json/jsonl)
+    # minutes of training to fit the step count to (max_steps or epochs stay the cap; owl/train/budget.py)
+    time_budget_min: float | None = None
+    time_budget_measure: int = 20  # steps timed (after the first) before the step count is fixed
     precision: str = "auto"  # auto (bf16 autocast on GPU, and on CPUs where it is measured faster) | fp32 | bf16
     gradient_checkpointing: bool = False
     group_by_length: bool = True  # sort each step's samples by length into micro-batches (less padding)
@@ -197,6 +200,10 @@ class LoopConfig:
             raise ConfigError("give exactly one of train.max_steps or train.epochs")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ConfigError(f"train.time_budget_min={self.time_budget_min} must be > 0 minutes (or null: no budget)")
+        if self.time_budget_measure < 1:
+            raise ConfigError(f"train.time_budget_measure={self.time_budget_measure} must be >= 1 step")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
         if self.image_gain_every < 0 or self.image_gain_samples < 2:

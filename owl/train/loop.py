@@ -40,6 +40,7 @@ from owl.data import SkipStats, count_records
 from owl.errors import CheckpointError, ConfigError, DataError
 from owl.models.checkpoint import save_pretrained
 from owl.processing import Encoded, OwlProcessor
+from owl.train import budget as tb
 from owl.train import checkpoint as ckpt
 from owl.train import resume
 from owl.train.config import TrainConfig
@@ -83,13 +84,21 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: list[nn.Parameter]  # the trainable ones
-    total: int  # optimizer steps of the whole run
+    total: int  # optimizer steps of the whole run (a time budget may lower it once, after its first steps)
     step: int  # optimizer steps done (the resumed step at first)
     out: Path
     config_yaml: str
     keep_all_in_graph: bool  # run the vision tower and abstractor even on text-only micro-batches
     probe: ImageGainProbe | None = None  # the image-gain batch, when train.image_gain_every is set
     last_gain: float | None = None  # the latest image gain, shown in the progress bar
+    budget: tb.TimeBudget | None = None  # train.time_budget_min's clock, until it has fixed the step count
+    horizon: dict[str, int] | None = None  # the schedule's view of ``total``
+
+    def set_total(self, total: int) -> None:
+        """Fix the run's step count (the time budget's decision): the loop, the schedule and checkpoints follow."""
+        self.total = total
+        if self.horizon is not None:
+            self.horizon["total"] = total
 
     @property
     def main(self) -> bool:
@@ -135,6 +144,8 @@ def train(cfg: TrainConfig) -> Path:
             last_loss = record_metrics(run, log, bar, window, metrics.grad_norm, gain)
         if cfg.checkpoint.every and run.step % cfg.checkpoint.every == 0 and run.step < run.total:
             save_checkpoint(run)
+        if run.budget is not None and run.budget.after_step():
+            fit_to_budget(run, bar)
         if kill_at and run.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
@@ -199,7 +210,8 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.schedule.factor(s, total))
+    horizon = {"total": total}  # a time budget lowers it once; the schedule reads it at every step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.schedule.factor(s, horizon["total"]))
 
     config_yaml = dump_yaml(cfg)
     say(f"owl train: stage {cfg.stage or '-'} -> {out}\n--- resolved config ---\n{config_yaml}-----------------------")
@@ -217,6 +229,15 @@ def setup(cfg: TrainConfig) -> Run:
     if saved is not None:
         step = resume.restore_state(saved, model, optimizer, scheduler, data, strategy, acc)
         say(f"resumed from {saved['path']} at step {step}")
+    clock = None
+    if cfg.train.time_budget_min is not None:
+        spent = saved["state"].get("budget") if saved is not None else None
+        if spent and spent["decided"]:  # the step count was fixed before the interruption: keep it
+            horizon["total"] = total = min(total, spent["total"])
+            say(f"time budget: the step count was fixed at {total} before this resume")
+        else:
+            clock = tb.TimeBudget(cfg.train.time_budget_min, cfg.train.time_budget_measure)
+            clock.seconds_before = spent["seconds"] if spent else 0.0
     raw = strategy.unwrap(model)
     set_train_modes(raw, cfg.trainable)
     probe = None
@@ -247,7 +268,25 @@ def setup(cfg: TrainConfig) -> Run:
         # Every process must run every sharded/synchronised module each micro-batch, images or not.
         keep_all_in_graph=acc.num_processes > 1 or strategy.sharded,
         probe=probe,
+        budget=clock,
+        horizon=horizon,
     )
+
+
+def fit_to_budget(run: Run, bar: tqdm) -> None:
+    """Fix the step count to what fits in ``train.time_budget_min`` (``owl.train.budget``), the same on every
+    process (their timings averaged)."""
+    clock, cap = run.budget, run.total
+    assert clock is not None
+    timed = torch.tensor([clock.seconds_per_step(), clock.elapsed()], device=run.acc.device)
+    per_step, elapsed = run.acc.reduce(timed, "mean").tolist()
+    total = tb.fitted_steps(run.step, cap, clock.minutes * 60 - elapsed, per_step)
+    run.set_total(total)
+    run.budget = None
+    bar.total = total
+    bar.refresh()
+    if run.main:
+        bar.write(tb.describe(clock.minutes, per_step, clock.measure, total, cap))
 
 
 def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
@@ -452,6 +491,9 @@ def save_checkpoint(run: Run) -> None:
             "scheduler": run.scheduler.state_dict(),
             "data": {"mixture": run.data.mixture.state_dict(), "stats": stats.to_dict()},
         }
+        if run.cfg.train.time_budget_min is not None:
+            clock = run.budget
+            state["budget"] = tb.state(run.total, clock is None, clock.elapsed() if clock else 0.0)
         with _writing(f"checkpoint step {step}", out / ckpt.CKPT_DIR, out):
             ckpt.save_checkpoint(
                 out,

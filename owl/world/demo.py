@@ -12,6 +12,7 @@ minute; the test suite runs it through the real CLI).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -132,12 +133,13 @@ def run_demo(
 
     t = time.perf_counter()
     print("[3/5] stage 1: vision encoder + abstractor on captions, LLM frozen")
-    train(s1)
+    steps = {"stage1": _steps(train(s1))}  # a time budget (train.time_budget_min) decides stage 1's count
     times["stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     print("[4/5] stage 2: abstractor + LoRA on instructions (multimodal + text-only), vision frozen")
     model_dir = train(s2)
+    steps["stage2"] = _steps(model_dir)
     times["stage2"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -155,7 +157,7 @@ def run_demo(
     plot_examples(items, preds, correct, world, out / "examples.png")
     text_before = before.get("text", {}).get("accuracy")
     targets = check_targets(summary, text_before, blind)
-    report = _report(profile, s1, s2, summary, before, blind, targets, times, model_dir, peak)
+    report = _report(profile, s1, s2, steps, summary, before, blind, targets, times, model_dir, peak)
     (out / "report.md").write_text(report)
     write_json(
         out / "summary.json",
@@ -166,6 +168,7 @@ def run_demo(
             "blind": blind,
             "before": before,
             "times_s": times,
+            "steps": steps,
             "fp32_peak_tflops": peak,
         },
     )
@@ -175,10 +178,21 @@ def run_demo(
     return out / "report.md"
 
 
+def _steps(model_dir: Path) -> int:
+    """The optimizer steps a stage ran, from its model's lineage."""
+    return int(json.loads((Path(model_dir) / "lineage.json").read_text())["steps"])
+
+
+def _budget(cfg: Any) -> str:
+    t = cfg.train
+    return f" (fitted to {t.time_budget_min:g} min of training, at most {t.max_steps})" if t.time_budget_min else ""
+
+
 def _report(
     profile: str,
     s1: Any,
     s2: Any,
+    steps: dict[str, int],
     summary: dict,
     before: dict,
     blind: dict,
@@ -198,9 +212,9 @@ def _report(
         f"in {total / 60:.1f} minutes. Times scale with that peak; accuracies are deterministic for a given "
         "machine and thread count only (floating-point reductions differ between CPUs).",
         "",
-        f"- stage 1: {s1.train.max_steps} steps x {s1.train.batch_size} caption pairs; trainable: vision "
+        f"- stage 1: {steps['stage1']} steps{_budget(s1)} x {s1.train.batch_size} caption pairs; trainable: vision "
         f"{s1.trainable.vision}, abstractor {s1.trainable.abstractor}, LLM {s1.trainable.llm}",
-        f"- stage 2: {s2.train.max_steps} steps x {s2.train.batch_size} instructions ("
+        f"- stage 2: {steps['stage2']} steps{_budget(s2)} x {s2.train.batch_size} instructions ("
         + ", ".join(f"{s.name} weight {s.weight:g}" for s in s2.data.sources)
         + f"); trainable: vision {s2.trainable.vision}, abstractor {s2.trainable.abstractor}, LLM {s2.trainable.llm}",
         f"- model: `{model_dir}`",
