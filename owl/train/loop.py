@@ -142,10 +142,10 @@ def train(cfg: TrainConfig) -> Path:
         gain = measure_image_gain(run) if _due(run.step, cfg.train.image_gain_every, run.total) else None
         if run.step % cfg.train.log_every == 0 or run.step == run.total or gain is not None:
             last_loss = record_metrics(run, log, bar, window, metrics.grad_norm, gain)
+        if run.budget is not None and run.budget.after_step():  # before a checkpoint, which then keeps the count
+            fit_to_budget(run, bar)
         if cfg.checkpoint.every and run.step % cfg.checkpoint.every == 0 and run.step < run.total:
             save_checkpoint(run)
-        if run.budget is not None and run.budget.after_step():
-            fit_to_budget(run, bar)
         if kill_at and run.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

@@ -74,20 +74,20 @@ def slow_steps(monkeypatch):
 
 @pytest.mark.usefixtures("slow_steps")
 def test_the_run_ends_at_the_fitted_count_and_resumes_to_the_same_weights(tmp_path, capsys):
-    full = train(_cfg(tmp_path / "full"))
+    full = train(_cfg(tmp_path / "full", "checkpoint.every=3"))
     out = capsys.readouterr().out
     assert "time budget 2 min: 6.00 s/step over 2 steps -> 10 steps of at most 40" in out
     assert json.loads((full / "lineage.json").read_text())["steps"] == 10
-    five = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "step-000005")["state"]["budget"]
-    assert five == {"total": 10, "decided": True, "seconds": 0.0}
+    three = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "step-000003")["state"]["budget"]
+    assert three == {"total": 10, "decided": True, "seconds": 0.0}  # fixed at step 3, before its checkpoint
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "full" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] == pytest.approx(2e-3 * 0.1)  # the cosine schedule ends at the fitted count, not at 40
 
-    # Interrupted after step 5: the resumed run keeps the decided count (whatever its clock says) and ends with the
+    # Interrupted after step 3: the resumed run keeps the decided count (whatever its clock says) and ends with the
     # same weights as the run that was not interrupted.
     part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-000005", part / "checkpoints" / "step-000005")
-    resumed = train(_cfg(part, "train.time_budget_min=100"))
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-000003", part / "checkpoints" / "step-000003")
+    resumed = train(_cfg(part, "checkpoint.every=3", "train.time_budget_min=100"))
     assert "the step count was fixed at 10 before this resume" in capsys.readouterr().out
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
