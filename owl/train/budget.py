@@ -5,9 +5,11 @@ alignment more samples is the lever that keeps paying (benchmarks/NOTES.md §18-
 wastes a fast machine's budget or overruns a slow one's. ``train.time_budget_min`` keeps ``max_steps`` as the cap
 and lowers the step count to what fits: after ``train.time_budget_measure`` steps (the first step after a start or
 resume is not timed: it pays for allocation and warm-up) it takes the mean time of those steps, image-gain
-measurements and all, and fixes the run's step count once, rounded down to a multiple of 10. That count is
-saved in every later checkpoint, so a resumed run ends where the uninterrupted one would; a run killed before the
-decision measures again after resuming, against what is left of its budget.
+measurements and all (the window is rounded up to whole image-gain periods), and fixes the run's step count once,
+rounded down to a multiple of 10. That count is saved in every later checkpoint, so a resumed run ends where the
+uninterrupted one would; a run killed before the decision measures again after resuming, against what is left of
+its budget. It is an estimate from the first steps: on the long Owl-World stage 1 the later steps ran ~6% slower
+than the first twenty (NOTES.md §20), so a budget is a target within a few percent, not a deadline; leave margin.
 
 Lightning's ``Trainer(max_time=...)`` stops on the clock instead; deciding once, early, is what lets the progress
 bar, the lr schedule (its horizon is the decided count) and a rerun on the same machine agree on where it ends.
@@ -50,6 +52,14 @@ class TimeBudget:
         """Mean wall time of the steps in the window."""
         assert self._window_start is not None and self._window_steps > 0
         return (time.perf_counter() - self._window_start) / self._window_steps
+
+
+def window(measure: int, loop: Any) -> int:
+    """The steps to time: ``measure`` rounded up to a whole number of image-gain periods, so the probe's share of the
+    time is what it will be over the run (20 steps with a probe every 15 would hold one probe instead of 1.33, and
+    underestimate a long-profile step by 2-3%)."""
+    every = loop.image_gain_every
+    return -(-measure // every) * every if every else measure
 
 
 def fitted_steps(step: int, cap: int, seconds_left: float, seconds_per_step: float) -> int:

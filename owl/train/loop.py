@@ -236,7 +236,7 @@ def setup(cfg: TrainConfig) -> Run:
             horizon["total"] = total = min(total, spent["total"])
             say(f"time budget: the step count was fixed at {total} before this resume")
         else:
-            clock = tb.TimeBudget(cfg.train.time_budget_min, cfg.train.time_budget_measure)
+            clock = tb.TimeBudget(cfg.train.time_budget_min, tb.window(cfg.train.time_budget_measure, cfg.train))
             clock.seconds_before = spent["seconds"] if spent else 0.0
     raw = strategy.unwrap(model)
     set_train_modes(raw, cfg.trainable)

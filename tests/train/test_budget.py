@@ -39,6 +39,15 @@ def test_the_clock_times_the_window_after_the_first_step(monkeypatch):
     assert clock.elapsed() == pytest.approx(10.0 + 6.0)
 
 
+def test_the_window_holds_whole_image_gain_periods():
+    class Loop:
+        image_gain_every = 15
+
+    assert tb.window(20, Loop) == 30 and tb.window(30, Loop) == 30 and tb.window(1, Loop) == 15
+    Loop.image_gain_every = 0
+    assert tb.window(20, Loop) == 20
+
+
 def test_config_errors_name_the_value():
     with pytest.raises(ConfigError, match="time_budget_min=0"):
         load_train_config(STAGE1, ["train.time_budget_min=0"])
