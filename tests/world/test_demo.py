@@ -59,7 +59,7 @@ def test_full_and_long_profiles_load_and_differ_only_in_stage1_length(tmp_path):
     assert {s.name for s in s2.data.sources} == {"multimodal", "text", "captions"}
     assert s1.schedule.name == "constant" and s2.init_from == str(tmp_path / "f" / "stage1")
     assert long[1].train.max_steps > s1.train.max_steps and long[2].train.max_steps > s2.train.max_steps
-    assert long[1].train.time_budget_min == 38 and s1.train.time_budget_min is None  # long stage 1: fitted to time
+    assert (long[1].train.time_budget_min, s1.train.time_budget_min, s2.train.time_budget_min) == (38, 5, 4.5)
     assert long[1].optim.lr == s1.optim.lr / 2 and long[1].optim.lr_groups["vision"] == s1.optim.lr_groups["vision"] / 2
     assert (long[2].trainable.abstractor, long[2].trainable.queries) == ("frozen", "frozen")  # stage 1 left it reading
     grids = [p.model.overrides["vision"]["feature_block"] for p in (s1, long[1])]
