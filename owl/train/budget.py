@@ -54,11 +54,10 @@ class TimeBudget:
         return (time.perf_counter() - self._window_start) / self._window_steps
 
 
-def window(measure: int, loop: Any) -> int:
-    """The steps to time: ``measure`` rounded up to a whole number of image-gain periods, so the probe's share of the
-    time is what it will be over the run (20 steps with a probe every 15 would hold one probe instead of 1.33, and
-    underestimate a long-profile step by 2-3%)."""
-    every = loop.image_gain_every
+def window(measure: int, every: int) -> int:
+    """The steps to time: ``measure`` rounded up to a whole number of image-gain periods (a probe ``every`` steps,
+    0: none), so the probe's share of the time is what it will be over the run (20 steps with a probe every 15
+    would hold one probe instead of 1.33, and underestimate a long-profile step by 2-3%)."""
     return -(-measure // every) * every if every else measure
 
 

@@ -84,7 +84,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: list[nn.Parameter]  # the trainable ones
-    total: int  # optimizer steps of the whole run (a time budget may lower it once, after its first steps)
+    # {"total": optimizer steps of the whole run}: one mutable cell that the loop and the lr schedule both read, so
+    # a time budget that lowers it once, after the first steps (owl.train.budget), is seen by both
+    horizon: dict[str, int]
     step: int  # optimizer steps done (the resumed step at first)
     out: Path
     config_yaml: str
@@ -92,13 +94,10 @@ class Run:
     probe: ImageGainProbe | None = None  # the image-gain batch, when train.image_gain_every is set
     last_gain: float | None = None  # the latest image gain, shown in the progress bar
     budget: tb.TimeBudget | None = None  # train.time_budget_min's clock, until it has fixed the step count
-    horizon: dict[str, int] | None = None  # the schedule's view of ``total``
 
-    def set_total(self, total: int) -> None:
-        """Fix the run's step count (the time budget's decision): the loop, the schedule and checkpoints follow."""
-        self.total = total
-        if self.horizon is not None:
-            self.horizon["total"] = total
+    @property
+    def total(self) -> int:
+        return self.horizon["total"]
 
     @property
     def main(self) -> bool:
@@ -233,11 +232,12 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.train.time_budget_min is not None:
         spent = saved["state"].get("budget") if saved is not None else None
         if spent and spent["decided"]:  # the step count was fixed before the interruption: keep it
-            horizon["total"] = total = min(total, spent["total"])
-            say(f"time budget: the step count was fixed at {total} before this resume")
+            horizon["total"] = min(total, spent["total"])
+            say(f"time budget: the step count was fixed at {horizon['total']} before this resume")
         else:
-            clock = tb.TimeBudget(cfg.train.time_budget_min, tb.window(cfg.train.time_budget_measure, cfg.train))
-            clock.seconds_before = spent["seconds"] if spent else 0.0
+            t = cfg.train
+            measure = tb.window(t.time_budget_measure, t.image_gain_every)
+            clock = tb.TimeBudget(t.time_budget_min, measure, seconds_before=spent["seconds"] if spent else 0.0)
     raw = strategy.unwrap(model)
     set_train_modes(raw, cfg.trainable)
     probe = None
@@ -261,7 +261,7 @@ def setup(cfg: TrainConfig) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         params=[p for p in raw.parameters() if p.requires_grad],
-        total=total,
+        horizon=horizon,
         step=step,
         out=out,
         config_yaml=config_yaml,
@@ -269,7 +269,6 @@ def setup(cfg: TrainConfig) -> Run:
         keep_all_in_graph=acc.num_processes > 1 or strategy.sharded,
         probe=probe,
         budget=clock,
-        horizon=horizon,
     )
 
 
@@ -281,7 +280,7 @@ def fit_to_budget(run: Run, bar: tqdm) -> None:
     timed = torch.tensor([clock.seconds_per_step(), clock.elapsed()], device=run.acc.device)
     per_step, elapsed = run.acc.reduce(timed, "mean").tolist()
     total = tb.fitted_steps(run.step, cap, clock.minutes * 60 - elapsed, per_step)
-    run.set_total(total)
+    run.horizon["total"] = total
     run.budget = None
     bar.total = total
     bar.refresh()

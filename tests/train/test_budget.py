@@ -4,6 +4,7 @@ times, kept across a resume (which then ends bit-identical to the uninterrupted 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from owl.train import budget as tb
 from owl.train import checkpoint as ckpt
 from owl.train.config import load_train_config
 from owl.train.loop import train
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE1 = ROOT / "configs" / "tiny" / "stage1.yaml"
@@ -40,12 +42,8 @@ def test_the_clock_times_the_window_after_the_first_step(monkeypatch):
 
 
 def test_the_window_holds_whole_image_gain_periods():
-    class Loop:
-        image_gain_every = 15
-
-    assert tb.window(20, Loop) == 30 and tb.window(30, Loop) == 30 and tb.window(1, Loop) == 15
-    Loop.image_gain_every = 0
-    assert tb.window(20, Loop) == 20
+    assert tb.window(20, 15) == 30 and tb.window(30, 15) == 30 and tb.window(1, 15) == 15
+    assert tb.window(20, 0) == 20
 
 
 def test_config_errors_name_the_value():
@@ -109,3 +107,17 @@ def test_a_run_stopped_before_the_count_was_fixed_measures_again_with_the_time_i
     assert saved == {"total": 2, "decided": False, "seconds": 30.0}
     model = train(_cfg(tmp_path / "a", "train.max_steps=40"))  # 60 s left at step 5: 5 + 10 -> 10
     assert json.loads((model / "lineage.json").read_text())["steps"] == 10
+
+
+def test_owl_train_prints_the_fitted_count_and_runs_it_and_refuses_a_bad_budget_in_one_line(tmp_path):
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    quiet = ["train.progress=false", "train.tensorboard=false", "checkpoint.every=0", "train.time_budget_measure=2"]
+    r = run_cli("train", STAGE1, "output_dir=B", "train.time_budget_min=0.1", *quiet, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = re.search(r"time budget 0\.1 min: [\d.]+ s/step over 2 steps -> (\d+) steps", r.stdout)
+    assert line is not None, r.stdout[-3000:]
+    steps = json.loads((tmp_path / "B" / "model" / "lineage.json").read_text())["steps"]
+    assert steps == int(line.group(1)) <= 40  # whatever this machine's speed: the printed count is the one run
+    bad = run_cli("train", STAGE1, "output_dir=E", "train.time_budget_min=-1", *quiet, cwd=tmp_path)
+    assert bad.returncode != 0 and "train.time_budget_min=-1" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "E").exists()
