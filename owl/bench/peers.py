@@ -166,7 +166,7 @@ def _owl_trainer(model: nn.Module, batch: dict[str, torch.Tensor], stage: int, o
         optimizer=optimizer,
         scheduler=scheduler,
         params=[p for p in raw.parameters() if p.requires_grad],
-        total=total,
+        horizon={"total": total},
         step=0,
         out=Path(out),
         config_yaml="",
