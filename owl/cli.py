@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         choices=["full", "long", "quick"],  # owl.world.recipes.PROFILES
         help="full: SmolLM2-135M + pretrained CNN (10-15 min on 2 cores: steps fitted to the CPU); long: "
-        "stage 1 for 38 min of training (700-1500 steps by CPU) at half the lr on an 8x8 feature grid, then 180 "
+        "stage 1 for 38 min of training (750-2000 steps by CPU) at half the lr on an 8x8 feature grid, then 180 "
         "stage-2 steps (45-55 min), the model that begins to see; quick: tiny random LLM (<1 min)",
     )
     d.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")

@@ -158,6 +158,8 @@ class OwlModel(nn.Module):
         return_logits: bool = True,
         keep_all_in_graph: bool = False,
         hidden_layers: Sequence[int] | None = None,
+        position_ids: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> OwlOutput:
         """Loss (when ``labels`` are given) and logits.
 
@@ -165,11 +167,17 @@ class OwlModel(nn.Module):
         positions some sample has a target for (the LLM's ``logits_to_keep``),
         which saves a large share of a small LLM's step time. ``keep_all_in_graph``: see :meth:`embed`.
         ``hidden_layers`` (1-based, with labels): also return the LLM's hidden states after those layers.
+        ``position_ids`` + ``segments`` (with ``attention_mask`` None): a packed batch (:mod:`owl.packing`);
+        the per-sample outputs are then per packed sample, in the order of the segment indices.
         """
         embeds = self.embed(input_ids, pixel_values, image_counts, keep_all_in_graph)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
+        kwargs = {"inputs_embeds": embeds, "use_cache": False}
+        if segments is not None:
+            if position_ids is None or attention_mask is not None:
+                raise ValueError("a packed batch (segments) needs position_ids and no attention_mask")
+            kwargs["position_ids"] = position_ids  # restarting positions: transformers masks block-diagonally
+        else:
+            kwargs["attention_mask"] = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         if labels is None:
             return OwlOutput(logits=self.llm(**kwargs).logits)
         if hidden_layers:
@@ -181,18 +189,27 @@ class OwlModel(nn.Module):
             out = self.llm(**kwargs, logits_to_keep=keep)
             logits = out.logits  # (B, P, V)
             targets = shift_labels[:, keep]
+            owner = None if segments is None else segments[:, 1:][:, keep]
         else:
             out = self.llm(**kwargs)
             logits = out.logits[:, :-1]  # (B, T-1, V)
             targets = shift_labels
+            owner = None if segments is None else segments[:, 1:]
         token_loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="none",
         ).view(targets.shape)  # (B, P)
-        sample_loss = token_loss.sum(dim=1)
-        sample_tokens = (targets != IGNORE_INDEX).sum(dim=1)
+        counted = targets != IGNORE_INDEX
+        if owner is None:
+            sample_loss = token_loss.sum(dim=1)
+            sample_tokens = counted.sum(dim=1)
+        else:  # packed: each target position adds to the sample it belongs to
+            n_samples = int(segments.max().item()) + 1
+            idx = owner.clamp(min=0).reshape(-1)
+            sample_loss = token_loss.new_zeros(n_samples).index_add(0, idx, token_loss.reshape(-1))
+            sample_tokens = counted.new_zeros(n_samples, dtype=torch.long).index_add(0, idx, counted.reshape(-1).long())
         loss_sum = sample_loss.sum()
         n = sample_tokens.sum()
         return OwlOutput(

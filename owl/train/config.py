@@ -183,8 +183,12 @@ class LoopConfig:
     time_budget_min: float | None = None
     time_budget_measure: int = 20  # steps timed (after the first) before the step count is fixed
     precision: str = "auto"  # auto (bf16 autocast on GPU, and on CPUs where it is measured faster) | fp32 | bf16
+    llm_attention: str = "auto"  # auto (eager for bf16 on a CPU, else as loaded) | sdpa | eager (owl/train/precision)
     gradient_checkpointing: bool = False
     group_by_length: bool = True  # sort each step's samples by length into micro-batches (less padding)
+    # > 0: each micro-batch's samples go back to back into rows of at most this many tokens instead of one padded
+    # row each (owl/packing.py; same loss and gradients, the LLM pays for real tokens only); 0: padded rows
+    pack_tokens: int = 0
     log_every: int = 1
     image_gain_every: int = 0  # steps between image-gain measurements (owl.train.probe); 0: off
     image_gain_samples: int = 16  # size of the fixed probe batch
@@ -206,6 +210,10 @@ class LoopConfig:
             raise ConfigError(f"train.time_budget_measure={self.time_budget_measure} must be >= 1 step")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
+        if self.llm_attention not in ("auto", "sdpa", "eager"):
+            raise ConfigError(f"train.llm_attention={self.llm_attention!r} is unknown; use auto, sdpa or eager")
+        if self.pack_tokens < 0:
+            raise ConfigError(f"train.pack_tokens={self.pack_tokens} must be >= 0 (0: no packing)")
         if self.image_gain_every < 0 or self.image_gain_samples < 2:
             raise ConfigError(
                 f"train.image_gain_every={self.image_gain_every} must be >= 0 and "
@@ -294,6 +302,11 @@ class TrainConfig:
             self._check_distill()
         if self.text_align.sources:
             self._check_text_align()
+        if self.train.pack_tokens and (self.distill.sources or self.text_align.sources):
+            raise ConfigError(
+                f"train.pack_tokens={self.train.pack_tokens} packs samples into shared rows, but distill and "
+                "text_align read one sample per row: set train.pack_tokens=0 or drop distill/text_align"
+            )
 
     def _check_text_align(self) -> None:
         names = [s.name for s in self.data.sources]

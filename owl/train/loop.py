@@ -39,6 +39,7 @@ from owl.configtools import dump_yaml
 from owl.data import SkipStats, count_records
 from owl.errors import CheckpointError, ConfigError, DataError
 from owl.models.checkpoint import save_pretrained
+from owl.packing import pack
 from owl.processing import Encoded, OwlProcessor
 from owl.train import budget as tb
 from owl.train import checkpoint as ckpt
@@ -48,6 +49,7 @@ from owl.train.data import TrainData
 from owl.train.distill import distill_rows, kl_sum, select_rows, teacher_logits
 from owl.train.distributed import Strategy, make_strategy
 from owl.train.metrics import MetricsLog, StepMetrics, Window, log_line, plot_image_gain, plot_loss
+from owl.train.precision import resolve_llm_attention, resolve_precision
 from owl.train.probe import ImageGainProbe
 from owl.train.setup import build_for_training, lineage, preflight
 from owl.train.text_align import AlignPlan, align_sum, plan, teacher_states
@@ -172,6 +174,10 @@ def setup(cfg: TrainConfig) -> Run:
     total = _total_steps(cfg, cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
 
     model, processor = build_for_training(cfg)
+    attention, why = resolve_llm_attention(cfg.train.llm_attention, precision, acc.device.type)
+    if attention is not None and attention != model.causal_lm.config._attn_implementation:
+        model.causal_lm.set_attn_implementation(attention)
+        say(f"llm attention: {why}")
     apply_trainable(model, cfg.trainable, cfg.lora)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -298,7 +304,6 @@ def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
 
 
 def _precision(cfg: TrainConfig) -> str:
-    from owl.train.precision import resolve_precision
 
     precision, why = resolve_precision(cfg.train.precision)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -322,7 +327,11 @@ def train_step(run: Run) -> StepMetrics:
     metrics = StepMetrics(grad_norm=float("nan"), target_tokens=n_global)
     for i, items in enumerate(micro):
         last = i == len(micro) - 1
-        batch = run.processor.collate(items or [_dummy(run.processor)], "right")
+        items_or_dummy = items or [_dummy(run.processor)]
+        if run.cfg.train.pack_tokens:
+            batch = pack(items_or_dummy, run.cfg.train.pack_tokens, run.processor.pad_id)
+        else:
+            batch = run.processor.collate(items_or_dummy, "right")
         batch = {k: v.to(acc.device) if v is not None else None for k, v in batch.items()}
         rows = distill_rows([e.source for e in items], run.distill_sources) if run.distill_sources else []
         align = _align_plan(run, items) if run.align_sources else None
@@ -348,7 +357,8 @@ def train_step(run: Run) -> StepMetrics:
                 strategy.backward(loss)
             strategy.after_backward(last)
         metrics.loss_sums.append(res.loss_sum.item())
-        metrics.input_tokens.append(float(batch["attention_mask"].sum()))
+        real = batch["segments"] >= 0 if "segments" in batch else batch["attention_mask"]
+        metrics.input_tokens.append(float(real.sum()))
         metrics.samples += [
             (e.source, ls, nt)
             for e, ls, nt in zip(items, res.sample_loss_sum.tolist(), res.sample_target_tokens.tolist())

@@ -62,3 +62,21 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     choice = "bf16" if speedup >= MIN_SPEEDUP else "no"
     name = "bf16 autocast" if choice == "bf16" else "fp32"
     return choice, f"auto: {name} (bf16 GEMMs measured {speedup:.2g}x fp32 on this CPU)"
+
+
+LLM_ATTENTION = ("auto", "sdpa", "eager")
+
+
+def resolve_llm_attention(requested: str, precision: str, device_type: str) -> tuple[str | None, str]:
+    """(the LLM's attention implementation to set, or None to keep what it was loaded with; why).
+
+    ``auto`` picks eager attention for bf16 autocast on a CPU: there torch's SDPA takes its flash kernel, whose
+    bf16 backward took 16% of the Owl-World stage-1 step on short (~50-token) rows (AMD EPYC Zen 4, AVX512-BF16,
+    torch 2.13), and the plain matmul-softmax path made the whole step 1.2x faster (benchmarks/NOTES.md §21). In
+    fp32 the two ran alike, and GPUs keep SDPA.
+    """
+    if requested in ("sdpa", "eager"):
+        return requested, f"{requested} as configured"
+    if device_type == "cpu" and precision == "bf16":
+        return "eager", "auto: eager (SDPA's flash kernel is slow in bf16 on CPUs)"
+    return None, "auto: as loaded"

@@ -44,3 +44,19 @@ def test_env_override_skips_the_measurement(monkeypatch):
 def test_measured_speedup_is_a_positive_ratio():
     P.cpu_bf16_speedup.cache_clear()
     assert P.cpu_bf16_speedup(64) > 0
+
+
+def test_llm_attention_auto_is_eager_only_for_bf16_on_a_cpu():
+    assert P.resolve_llm_attention("auto", "bf16", "cpu")[0] == "eager"
+    assert P.resolve_llm_attention("auto", "no", "cpu")[0] is None  # fp32: SDPA and eager ran alike
+    assert P.resolve_llm_attention("auto", "bf16", "cuda")[0] is None  # GPUs keep what the model was loaded with
+    assert P.resolve_llm_attention("sdpa", "bf16", "cpu")[0] == "sdpa"
+    assert P.resolve_llm_attention("eager", "no", "cuda")[0] == "eager"
+
+
+def test_llm_attention_config_error_names_the_value():
+    from owl.errors import ConfigError
+    from owl.train.config import LoopConfig
+
+    with pytest.raises(ConfigError, match="train.llm_attention='flash'"):
+        LoopConfig(max_steps=1, llm_attention="flash")
