@@ -304,7 +304,6 @@ def _total_steps(cfg: TrainConfig, global_batch: int) -> int:
 
 
 def _precision(cfg: TrainConfig) -> str:
-
     precision, why = resolve_precision(cfg.train.precision)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"precision: {why}")

@@ -88,6 +88,19 @@ def one(tmp_path_factory) -> Path:
 
 
 @needs_torchrun
+def test_two_ddp_processes_with_packed_rows_match_one_padded_process(one):
+    """Packing (train.pack_tokens) under DDP: each process packs its own micro-batches; the losses are the padded
+    1-process run's."""
+    out = "two-ddp-packed"
+    ok(
+        torchrun(
+            one, *STAGE1_ARGS, f"output_dir={out}", "train.batch_size=2", "train.grad_accum=2", "train.pack_tokens=512"
+        )
+    )
+    assert losses(one / out) == pytest.approx(losses(one / "one"), rel=1e-5)
+
+
+@needs_torchrun
 @pytest.mark.parametrize("strategy", _strategies())
 def test_two_sharded_processes_match_one_process(one, strategy):
     work = one
