@@ -21,6 +21,7 @@ from owl.images import Augment
 MODES = ("frozen", "full", "lora")
 MODULES = ("vision", "abstractor", "queries", "llm")
 DISTRIBUTED = ("auto", "ddp", "fsdp", "zero2", "zero3")
+LLM_ATTENTION = ("auto", "sdpa", "eager")  # train.llm_attention (owl.train.precision.resolve_llm_attention)
 
 
 @dataclass
@@ -210,8 +211,8 @@ class LoopConfig:
             raise ConfigError(f"train.time_budget_measure={self.time_budget_measure} must be >= 1 step")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} is unknown; use auto, fp32 or bf16")
-        if self.llm_attention not in ("auto", "sdpa", "eager"):
-            raise ConfigError(f"train.llm_attention={self.llm_attention!r} is unknown; use auto, sdpa or eager")
+        if self.llm_attention not in LLM_ATTENTION:
+            raise ConfigError(f"train.llm_attention={self.llm_attention!r} is unknown; use {', '.join(LLM_ATTENTION)}")
         if self.pack_tokens < 0:
             raise ConfigError(f"train.pack_tokens={self.pack_tokens} must be >= 0 (0: no packing)")
         if self.image_gain_every < 0 or self.image_gain_samples < 2:

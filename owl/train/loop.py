@@ -176,8 +176,9 @@ def setup(cfg: TrainConfig) -> Run:
     model, processor = build_for_training(cfg)
     attention, why = resolve_llm_attention(cfg.train.llm_attention, precision, acc.device.type)
     if attention is not None and attention != model.causal_lm.config._attn_implementation:
-        model.causal_lm.set_attn_implementation(attention)
-        say(f"llm attention: {why}")
+        model.causal_lm.set_attn_implementation(attention)  # a model that cannot switch only warns: say what holds
+        now = model.causal_lm.config._attn_implementation
+        say(f"llm attention: {why}" if now == attention else f"llm attention: stays {now} (asked for {attention})")
     apply_trainable(model, cfg.trainable, cfg.lora)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)

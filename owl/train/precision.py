@@ -64,9 +64,6 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     return choice, f"auto: {name} (bf16 GEMMs measured {speedup:.2g}x fp32 on this CPU)"
 
 
-LLM_ATTENTION = ("auto", "sdpa", "eager")
-
-
 def resolve_llm_attention(requested: str, precision: str, device_type: str) -> tuple[str | None, str]:
     """(the LLM's attention implementation to set, or None to keep what it was loaded with; why).
 
